@@ -1,0 +1,113 @@
+"""Causal STFT-domain audio encoder and iSTFT decoder (streamable, Vocos-like).
+
+Why STFT-domain: on a CPU core a strided-conv (SEANet) front end spends most of its time at the
+full sample rate; here the only per-sample work is two fixed DFT matrix products, and every
+learned layer runs at 100 Hz (STFT frames) or 25 Hz (latent frames).
+
+Algorithmic latency: the encoder has no look-ahead (a latent frame is ready when its last
+sample arrives, so 40 ms of framing); the decoder's overlap-add needs ``n_fft - stft_hop``
+samples (10 ms at the defaults) of the next frame before a sample is final.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import AutoencoderConfig
+from .streaming import (CausalConvNeXtBlock, CausalFraming, OverlapAdd, State, StreamingModule,
+                        StreamingSequential, TransformerLayer, hann_window, irdft_basis,
+                        rdft_basis, substate, with_prefix)
+
+SPECTRAL_COMPRESSION = 0.3  # |X|^0.3 power-law compression of the STFT input
+
+
+class AudioEncoder(StreamingModule):
+    """``[B, T*hop_length]`` waveform -> ``[B, T, latent_dim]`` latents (before the bottleneck)."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        n_bins = cfg.n_fft // 2 + 1
+        self.framing = CausalFraming(cfg.n_fft, cfg.stft_hop)
+        self.register_buffer("basis", rdft_basis(cfg.n_fft, hann_window(cfg.n_fft)),
+                             persistent=False)
+        self.input_proj = nn.Linear(2 * n_bins, cfg.conv_channels)
+        self.convs = StreamingSequential(*[
+            CausalConvNeXtBlock(cfg.conv_channels, cfg.conv_kernel, cfg.conv_mlp_ratio)
+            for _ in range(cfg.encoder_conv_blocks)])
+        self.group_proj = nn.Linear(cfg.stft_frames_per_latent * cfg.conv_channels, cfg.model_dim)
+        self.transformer = StreamingSequential(*[
+            TransformerLayer(cfg.model_dim, cfg.n_heads, cfg.attention_window)
+            for _ in range(cfg.encoder_layers)])
+        self.out_norm = nn.LayerNorm(cfg.model_dim)
+        self.out_proj = nn.Linear(cfg.model_dim, cfg.latent_dim)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        return {**with_prefix("framing", self.framing.init_state(batch_size, device)),
+                **with_prefix("convs", self.convs.init_state(batch_size, device)),
+                **with_prefix("transformer", self.transformer.init_state(batch_size, device))}
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        frames, s_framing = self.framing.step(x, substate(state, "framing"))
+        spec = frames @ self.basis                                   # [B, 4T, 2F]
+        n_bins = spec.shape[-1] // 2
+        power = spec[..., :n_bins].square() + spec[..., n_bins:].square()
+        gain = (power + 1e-8).pow((SPECTRAL_COMPRESSION - 1.0) / 2.0).repeat(1, 1, 2)
+        h = self.input_proj(spec * gain)
+        h, s_convs = self.convs.step(h, substate(state, "convs"))
+        b, n, c = h.shape
+        h = self.group_proj(h.reshape(b, n // self.cfg.stft_frames_per_latent, -1))
+        h, s_tr = self.transformer.step(h, substate(state, "transformer"))
+        z = self.out_proj(self.out_norm(h))
+        return z, {**with_prefix("framing", s_framing), **with_prefix("convs", s_convs),
+                   **with_prefix("transformer", s_tr)}
+
+
+class AudioDecoder(StreamingModule):
+    """``[B, T, latent_dim]`` latents -> ``[B, T*hop_length]`` waveform, delayed by
+    ``cfg.decoder_delay`` samples; :meth:`tail` returns the delayed samples at end of stream."""
+
+    MAX_LOG_MAGNITUDE = 6.0  # clamp before exp(): keeps an untrained model from overflowing
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        n_bins = cfg.n_fft // 2 + 1
+        self.input_proj = nn.Linear(cfg.latent_dim, cfg.model_dim)
+        self.transformer = StreamingSequential(*[
+            TransformerLayer(cfg.model_dim, cfg.n_heads, cfg.attention_window)
+            for _ in range(cfg.decoder_layers)])
+        self.ungroup_proj = nn.Linear(cfg.model_dim, cfg.stft_frames_per_latent * cfg.conv_channels)
+        self.convs = StreamingSequential(*[
+            CausalConvNeXtBlock(cfg.conv_channels, cfg.conv_kernel, cfg.conv_mlp_ratio)
+            for _ in range(cfg.decoder_conv_blocks)])
+        self.out_norm = nn.LayerNorm(cfg.conv_channels)
+        self.out_proj = nn.Linear(cfg.conv_channels, 2 * n_bins)
+        self.register_buffer("basis", irdft_basis(cfg.n_fft, hann_window(cfg.n_fft)),
+                             persistent=False)
+        self.overlap_add = OverlapAdd(cfg.n_fft, cfg.stft_hop)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        return {**with_prefix("transformer", self.transformer.init_state(batch_size, device)),
+                **with_prefix("convs", self.convs.init_state(batch_size, device)),
+                **with_prefix("ola", self.overlap_add.init_state(batch_size, device))}
+
+    def spectrum(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Latents -> ``[B, 4T, 2F]`` complex spectrum as ``[real, imag]``."""
+        h, s_tr = self.transformer.step(self.input_proj(z), substate(state, "transformer"))
+        b, t, _ = h.shape
+        h = self.ungroup_proj(h).reshape(b, t * self.cfg.stft_frames_per_latent, -1)
+        h, s_convs = self.convs.step(h, substate(state, "convs"))
+        log_mag, phase = self.out_proj(self.out_norm(h)).chunk(2, dim=-1)
+        mag = torch.exp(log_mag.clamp(max=self.MAX_LOG_MAGNITUDE))
+        spec = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1)
+        return spec, {**with_prefix("transformer", s_tr), **with_prefix("convs", s_convs)}
+
+    def step(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        spec, new = self.spectrum(z, state)
+        wav, s_ola = self.overlap_add.step(spec @ self.basis, substate(state, "ola"))
+        return wav, {**new, **with_prefix("ola", s_ola)}
+
+    def tail(self, state: State) -> torch.Tensor:
+        return self.overlap_add.tail(substate(state, "ola"))

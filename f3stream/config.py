@@ -1,0 +1,145 @@
+"""Model configuration: plain dataclasses that round-trip through the checkpoint's JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Causal STFT-domain autoencoder: waveform <-> ``latent_dim`` latents at ``frame_rate`` Hz.
+
+    The encoder works on a causal STFT (``n_fft`` window, ``stft_hop`` hop), mixes time with
+    causal ConvNeXt blocks at the STFT rate, groups ``hop_length // stft_hop`` STFT frames into one
+    latent frame and runs a causal transformer at the latent rate. The decoder mirrors it and
+    ends with an inverse STFT by overlap-add, which delays its output by ``n_fft - stft_hop``
+    samples (the only look-ahead in the whole codec).
+    """
+
+    sample_rate: int = 24000
+    frame_rate: int = 25
+    latent_dim: int = 64
+    n_fft: int = 480
+    stft_hop: int = 240
+    conv_channels: int = 128
+    conv_kernel: int = 7
+    conv_mlp_ratio: int = 3
+    encoder_conv_blocks: int = 4
+    decoder_conv_blocks: int = 4
+    model_dim: int = 256
+    n_heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    attention_window: int = 32
+    # Noise-regularised bottleneck (F3 Eq. 1-2). ``normalize=False, noise_gamma=0`` is a plain AE.
+    normalize_latents: bool = True
+    noise_gamma: float = 1.0
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame (960 at 24 kHz / 25 Hz = 40 ms)."""
+        return self.sample_rate // self.frame_rate
+
+    @property
+    def stft_frames_per_latent(self) -> int:
+        return self.hop_length // self.stft_hop
+
+    @property
+    def decoder_delay(self) -> int:
+        """Samples of look-ahead the overlap-add decoder needs before a sample is final."""
+        return self.n_fft - self.stft_hop
+
+    def validate(self) -> None:
+        if self.sample_rate <= 0 or self.frame_rate <= 0:
+            raise ConfigError("sample_rate and frame_rate must be positive")
+        if self.sample_rate % self.frame_rate:
+            raise ConfigError(f"frame_rate {self.frame_rate} must divide sample_rate "
+                              f"{self.sample_rate}")
+        if self.hop_length % self.stft_hop:
+            raise ConfigError(f"stft_hop {self.stft_hop} must divide the frame hop "
+                              f"{self.hop_length}")
+        if self.n_fft % self.stft_hop or self.n_fft < self.stft_hop:
+            raise ConfigError("n_fft must be a positive multiple of stft_hop")
+        if self.model_dim % self.n_heads:
+            raise ConfigError("model_dim must be divisible by n_heads")
+        if self.noise_gamma < 0:
+            raise ConfigError("noise_gamma must be >= 0")
+        for name in ("latent_dim", "conv_channels", "conv_kernel", "model_dim",
+                     "attention_window", "conv_mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class RepresentationConfig:
+    """Causal transformer over frozen latents, plus the sizes of its training-only heads."""
+
+    model_dim: int = 256
+    n_heads: int = 4
+    layers: int = 4
+    attention_window: int = 64
+    mlp_ratio: int = 4
+    output_dim: int = 768
+    # RQ-MTP: a frozen random-projection quantizer gives a code per frame; ``mtp_heads`` heads
+    # predict the codes of frames t+1 .. t+mtp_heads.
+    mtp_heads: int = 4
+    rq_code_dim: int = 16
+    rq_codebook_size: int = 8192
+    rq_seed: int = 1234
+    # Frozen-LM supervision: pairs of frames (25 -> 12.5 Hz) are projected to the LM's width.
+    lm_dim: int = 384
+    lm_downsample: int = 2
+
+    def validate(self) -> None:
+        if self.model_dim % self.n_heads:
+            raise ConfigError("representation model_dim must be divisible by n_heads")
+        for name in ("model_dim", "layers", "attention_window", "output_dim", "mtp_heads",
+                     "rq_code_dim", "rq_codebook_size", "lm_dim", "lm_downsample", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"representation {name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    representation: RepresentationConfig = field(default_factory=RepresentationConfig)
+
+    def validate(self) -> "TokenizerConfig":
+        self.autoencoder.validate()
+        self.representation.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TokenizerConfig":
+        """Build from JSON data; unknown keys are an error (a typo must not pass silently)."""
+        if not isinstance(data, dict):
+            raise ConfigError("tokenizer config must be a JSON object")
+        unknown = set(data) - {"autoencoder", "representation"}
+        if unknown:
+            raise ConfigError(f"unknown config sections: {sorted(unknown)}")
+        return cls(autoencoder=_build(AutoencoderConfig, data.get("autoencoder", {})),
+                   representation=_build(RepresentationConfig,
+                                         data.get("representation", {}))).validate()
+
+
+def _build(kind: type, data: Any):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind.__name__} must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+    for key, value in data.items():
+        expected = type(fields[key].default)
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+        if not ok or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{kind.__name__}.{key} must be {expected.__name__}, "
+                              f"got {value!r}")
+    return kind(**data)

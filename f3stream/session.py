@@ -1,0 +1,198 @@
+"""Streaming sessions: feed PCM (or latents) of any length, get each frame as soon as it is done.
+
+A session owns one stream's state (batch 1). Sessions are independent: interleaving them
+changes nothing, and :func:`step_encoder_sessions` runs many of them in one batched model step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .audio import as_mono_float32
+from .errors import SessionClosedError
+from .streaming import State, concat_states, split_state, state_nbytes
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+
+@dataclass
+class EncodedFrames:
+    """Frames ``start_frame .. start_frame + n_frames - 1`` of a stream."""
+
+    start_frame: int
+    latents: np.ndarray                    # [n, latent_dim] float32
+    representations: np.ndarray | None     # [n, representation_dim] float32, or None
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.latents.shape[0])
+
+
+class EncoderSession:
+    """Waveform in, latents (and representations) out, frame by frame.
+
+    ``push`` accepts mono int16 or float chunks of any length (even 1 sample or 0); a frame is
+    returned as soon as its last sample has arrived. ``flush`` zero-pads and emits the last
+    partial frame, exactly as the offline :meth:`Tokenizer.encode` pads the end of a clip, and
+    closes the stream until :meth:`reset`.
+    """
+
+    def __init__(self, tokenizer: "Tokenizer", representations: bool = True):
+        self.tokenizer = tokenizer
+        self.with_representations = representations
+        self.hop = tokenizer.hop_length
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the next sample starts a new stream at frame 0."""
+        self.state: State = self.tokenizer.model.init_encode_state(
+            1, self.with_representations, self.tokenizer.device)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.frames_emitted = 0
+        self.samples_received = 0
+        self.closed = False
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples received that do not yet complete a frame (always < hop_length)."""
+        return int(self._pending.size)
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of model state this session holds (constant for the stream's whole life)."""
+        return state_nbytes(self.state) + self._pending.nbytes
+
+    def _take_ready(self, pcm) -> np.ndarray:
+        if self.closed:
+            raise SessionClosedError("session was flushed; call reset() to start a new stream")
+        x = as_mono_float32(pcm, name="audio chunk", allow_empty=True)
+        self.samples_received += x.size
+        buf = np.concatenate([self._pending, x]) if self._pending.size else x
+        n_ready = (buf.size // self.hop) * self.hop
+        self._pending = buf[n_ready:].copy()
+        return buf[:n_ready]
+
+    def _run(self, ready: np.ndarray) -> EncodedFrames:
+        lat, rep, self.state = self.tokenizer._encode_array(ready, self.state)
+        out = EncodedFrames(self.frames_emitted, lat, rep)
+        self.frames_emitted += out.n_frames
+        return out
+
+    def push(self, pcm) -> EncodedFrames:
+        """Adds samples; returns the frames they completed (possibly none)."""
+        return self._run(self._take_ready(pcm))
+
+    def flush(self) -> EncodedFrames:
+        """Ends the stream: emits the zero-padded partial frame, if any samples are pending."""
+        if self.closed:
+            raise SessionClosedError("session was already flushed; call reset()")
+        pad = (-self._pending.size) % self.hop
+        last = np.concatenate([self._pending, np.zeros(pad, np.float32)])
+        self._pending = np.zeros(0, dtype=np.float32)
+        out = self._run(last)
+        self.closed = True
+        return out
+
+
+class DecoderSession:
+    """Latents in, waveform out. The output is aligned with the encoder's input: the decoder's
+    overlap-add delay is absorbed (the first chunk is shorter) and returned by ``flush``."""
+
+    def __init__(self, tokenizer: "Tokenizer"):
+        self.tokenizer = tokenizer
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: State = self.tokenizer.model.init_decode_state(1, self.tokenizer.device)
+        self._to_skip = self.tokenizer.config.autoencoder.decoder_delay
+        self.frames_received = 0
+        self.closed = False
+
+    @property
+    def state_nbytes(self) -> int:
+        return state_nbytes(self.state)
+
+    def push(self, latents) -> np.ndarray:
+        """``[n, latent_dim]`` latents (n may be 0) -> the samples they completed."""
+        if self.closed:
+            raise SessionClosedError("session was flushed; call reset() to start a new stream")
+        z = self.tokenizer._check_latents(latents, allow_empty=True)
+        self.frames_received += z.shape[0]
+        wav, self.state = self.tokenizer._decode_array(z, self.state)
+        return self._skip(wav)
+
+    def flush(self) -> np.ndarray:
+        """Ends the stream: returns the last ``decoder_delay`` samples held back."""
+        if self.closed:
+            raise SessionClosedError("session was already flushed; call reset()")
+        self.closed = True
+        if self.frames_received == 0:
+            return np.zeros(0, dtype=np.float32)
+        tail = self.tokenizer.model.decode_tail(self.state)[0].cpu().numpy()
+        return self._skip(tail)
+
+    def _skip(self, wav: np.ndarray) -> np.ndarray:
+        if self._to_skip:
+            n = min(self._to_skip, wav.size)
+            self._to_skip -= n
+            wav = wav[n:]
+        return wav
+
+
+def step_encoder_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
+                          ) -> list[EncodedFrames]:
+    """Pushes ``chunks[i]`` into ``sessions[i]`` for all i, running their frames through the
+    model in batched steps (one forward for all sessions that have a frame ready).
+
+    Results equal separate ``push`` calls up to float rounding of the batched matmuls.
+    """
+    if len(sessions) != len(chunks):
+        raise ValueError("need exactly one chunk per session")
+    if not sessions:
+        return []
+    tok = sessions[0].tokenizer
+    if any(s.tokenizer is not tok for s in sessions):
+        raise ValueError("all sessions must share one Tokenizer")
+    if len({s.with_representations for s in sessions}) > 1:
+        raise ValueError("all sessions must agree on returning representations")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise ValueError("a session appears twice")
+    ready = [s._take_ready(c) for s, c in zip(sessions, chunks)]
+    n_frames = [r.size // tok.hop_length for r in ready]
+    lat: list[list[np.ndarray]] = [[] for _ in sessions]
+    rep: list[list[np.ndarray]] = [[] for _ in sessions]
+    starts = [s.frames_emitted for s in sessions]
+    done = [0] * len(sessions)
+    hop = tok.hop_length
+    with torch.inference_mode():
+        while True:
+            active = [i for i, n in enumerate(n_frames) if done[i] < n]
+            if not active:
+                break
+            t = min(n_frames[i] - done[i] for i in active)
+            wav = np.stack([ready[i][done[i] * hop:(done[i] + t) * hop] for i in active])
+            state = concat_states([sessions[i].state for i in active])
+            z, r, state = tok.model.encode_step(torch.from_numpy(wav).to(tok.device), state)
+            for j, (i, s) in enumerate(zip(active, split_state(state, [1] * len(active)))):
+                sessions[i].state = s
+                lat[i].append(z[j].cpu().numpy())
+                if r is not None:
+                    rep[i].append(r[j].cpu().numpy())
+                done[i] += t
+    out = []
+    for i, s in enumerate(sessions):
+        s.frames_emitted += n_frames[i]
+        out.append(EncodedFrames(starts[i], _cat(lat[i], tok.latent_dim),
+                                 _cat(rep[i], tok.representation_dim)
+                                 if s.with_representations else None))
+    return out
+
+
+def _cat(parts: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
