@@ -19,16 +19,29 @@ INT16_SCALE = 32768.0
 
 
 def to_numpy(x, name: str) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
+    if not isinstance(x, np.ndarray):
+        x = _to_numpy_foreign(x, name)
+    if not x.dtype.isnative:  # e.g. big-endian '>f4' read from a file: same data, native order
+        x = x.astype(x.dtype.newbyteorder("="))
+    return x
+
+
+def _to_numpy_foreign(x, name: str) -> np.ndarray:
     try:
         import torch
         if isinstance(x, torch.Tensor):
+            if x.dtype == torch.bfloat16:  # numpy has no bfloat16
+                raise AudioInputError(f"{name} is a bfloat16 tensor; convert it with .float() "
+                                      "first")
             return x.detach().cpu().numpy()
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     if isinstance(x, (list, tuple)):
-        return np.asarray(x, dtype=np.float32)
+        try:
+            return np.asarray(x, dtype=np.float32)
+        except (ValueError, TypeError) as e:
+            raise AudioInputError(f"{name}: cannot convert the {type(x).__name__} to a float32 "
+                                  f"array ({e}); pass a numpy array of numbers") from None
     raise AudioInputError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 

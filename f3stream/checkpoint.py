@@ -77,7 +77,7 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / CONFIG_FILE} is not an f3stream checkpoint config")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format version {meta.get('format_version')} is not "
+        raise CheckpointError(f"checkpoint format version {meta.get('format_version')!r} is not "
                               f"supported (this f3stream reads version {FORMAT_VERSION})")
     return meta
 

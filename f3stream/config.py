@@ -59,19 +59,21 @@ class AutoencoderConfig:
         if self.sample_rate % self.frame_rate:
             raise ConfigError(f"frame_rate {self.frame_rate} must divide sample_rate "
                               f"{self.sample_rate}")
+        if self.stft_hop < 1 or self.n_fft < 1:
+            raise ConfigError("n_fft and stft_hop must be >= 1")
         if self.hop_length % self.stft_hop:
             raise ConfigError(f"stft_hop {self.stft_hop} must divide the frame hop "
                               f"{self.hop_length}")
         if self.n_fft % self.stft_hop or self.n_fft < self.stft_hop:
             raise ConfigError("n_fft must be a positive multiple of stft_hop")
+        for name in ("latent_dim", "conv_channels", "conv_kernel", "model_dim", "n_heads",
+                     "attention_window", "conv_mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
         if self.model_dim % self.n_heads:
             raise ConfigError("model_dim must be divisible by n_heads")
         if self.noise_gamma < 0:
             raise ConfigError("noise_gamma must be >= 0")
-        for name in ("latent_dim", "conv_channels", "conv_kernel", "model_dim",
-                     "attention_window", "conv_mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,12 @@ class RepresentationConfig:
     lm_downsample: int = 2
 
     def validate(self) -> None:
-        if self.model_dim % self.n_heads:
-            raise ConfigError("representation model_dim must be divisible by n_heads")
-        for name in ("model_dim", "layers", "attention_window", "output_dim", "mtp_heads",
+        for name in ("model_dim", "n_heads", "layers", "attention_window", "output_dim", "mtp_heads",
                      "rq_code_dim", "rq_codebook_size", "lm_dim", "lm_downsample", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"representation {name} must be >= 1")
+        if self.model_dim % self.n_heads:
+            raise ConfigError("representation model_dim must be divisible by n_heads")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,21 @@
+"""Shared fixtures: a tiny, fast, randomly initialised tokenizer for tests that do not need the
+bundled checkpoint."""
+
+import pytest
+
+from f3stream import AutoencoderConfig, RepresentationConfig, Tokenizer, TokenizerConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> TokenizerConfig:
+    return TokenizerConfig(
+        autoencoder=AutoencoderConfig(conv_channels=32, model_dim=64, n_heads=2,
+                                      encoder_conv_blocks=1, decoder_conv_blocks=1,
+                                      encoder_layers=1, decoder_layers=1),
+        representation=RepresentationConfig(model_dim=64, n_heads=2, layers=1, output_dim=96))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_config) -> Tokenizer:
+    """Shared across the whole run: tests must not mutate it (sessions they open are their own)."""
+    return Tokenizer.from_config(tiny_config, seed=0)
