@@ -1,0 +1,65 @@
+"""The reference engine: the torch ``F3Model`` itself (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model import F3Model
+from ..streaming import concat_states, split_state, state_nbytes
+from .base import Engine, State
+
+
+class TorchEngine(Engine):
+    """States stay torch tensors on the model's device, so a GPU stream never round-trips its
+    KV caches through host memory; only inputs and outputs cross as numpy."""
+
+    name = "torch"
+
+    def __init__(self, model: F3Model, device: torch.device):
+        super().__init__(model.cfg)
+        self.model = model
+        self.device = device
+
+    def _t(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+
+    @staticmethod
+    def _np(x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def init_encode_state(self, batch_size: int, with_representations: bool = True) -> State:
+        return self.model.init_encode_state(batch_size, with_representations, self.device)
+
+    def encode_step(self, wav, state):
+        with torch.inference_mode():
+            z, r, state = self.model.encode_step(self._t(wav), state)
+        return self._np(z), (None if r is None else self._np(r)), state
+
+    def init_represent_state(self, batch_size: int) -> State:
+        return self.model.representation.init_state(batch_size, self.device)
+
+    def represent_step(self, z, state):
+        with torch.inference_mode():
+            r, state = self.model.representation.step(self._t(z), state)
+        return self._np(r), state
+
+    def init_decode_state(self, batch_size: int) -> State:
+        return self.model.init_decode_state(batch_size, self.device)
+
+    def decode_step(self, z, state):
+        with torch.inference_mode():
+            wav, state = self.model.decode_step(self._t(z), state)
+        return self._np(wav), state
+
+    def decode_tail(self, state):
+        return self._np(self.model.decode_tail(state))
+
+    def concat_states(self, states):
+        return concat_states(states)
+
+    def split_state(self, state, sizes):
+        return split_state(state, sizes)
+
+    def state_nbytes(self, state):
+        return state_nbytes(state)
