@@ -13,9 +13,10 @@ from .tokenizer import Tokenizer
 __version__ = "0.1.0"
 
 
-def load(path=None, device="cpu") -> Tokenizer:
-    """Loads a tokenizer checkpoint (default: the bundled one). See :meth:`Tokenizer.load`."""
-    return Tokenizer.load(path, device)
+def load(path=None, device="cpu", backend="torch", **backend_options) -> Tokenizer:
+    """Loads a tokenizer checkpoint (default: the bundled one) to run on ``backend``
+    ("torch", "numba" or "onnx"). See :meth:`Tokenizer.load`."""
+    return Tokenizer.load(path, device, backend, **backend_options)
 
 
 __all__ = [

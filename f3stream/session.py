@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .audio import as_mono_float32
 from .errors import SessionClosedError
-from .streaming import State, concat_states, split_state, state_nbytes
+from .streaming import State
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -51,8 +50,8 @@ class EncoderSession:
 
     def reset(self) -> None:
         """Forget everything: the next sample starts a new stream at frame 0."""
-        self.state: State = self.tokenizer.model.init_encode_state(
-            1, self.with_representations, self.tokenizer.device)
+        self.state: State = self.tokenizer.engine.init_encode_state(
+            1, self.with_representations)
         self._pending = np.zeros(0, dtype=np.float32)
         self.frames_emitted = 0
         self.samples_received = 0
@@ -66,7 +65,7 @@ class EncoderSession:
     @property
     def state_nbytes(self) -> int:
         """Bytes of model state this session holds (constant for the stream's whole life)."""
-        return state_nbytes(self.state) + self._pending.nbytes
+        return self.tokenizer.engine.state_nbytes(self.state) + self._pending.nbytes
 
     def _take_ready(self, pcm) -> np.ndarray:
         if self.closed:
@@ -109,14 +108,14 @@ class DecoderSession:
         self.reset()
 
     def reset(self) -> None:
-        self.state: State = self.tokenizer.model.init_decode_state(1, self.tokenizer.device)
+        self.state: State = self.tokenizer.engine.init_decode_state(1)
         self._to_skip = self.tokenizer.config.autoencoder.decoder_delay
         self.frames_received = 0
         self.closed = False
 
     @property
     def state_nbytes(self) -> int:
-        return state_nbytes(self.state)
+        return self.tokenizer.engine.state_nbytes(self.state)
 
     def push(self, latents) -> np.ndarray:
         """``[n, latent_dim]`` latents (n may be 0) -> the samples they completed."""
@@ -134,7 +133,7 @@ class DecoderSession:
         self.closed = True
         if self.frames_received == 0:
             return np.zeros(0, dtype=np.float32)
-        tail = self.tokenizer.model.decode_tail(self.state)[0].cpu().numpy()
+        tail = self.tokenizer.engine.decode_tail(self.state)[0]
         return self._skip(tail)
 
     def _skip(self, wav: np.ndarray) -> np.ndarray:
@@ -170,21 +169,21 @@ def step_encoder_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
     starts = [s.frames_emitted for s in sessions]
     done = [0] * len(sessions)
     hop = tok.hop_length
-    with torch.inference_mode():
-        while True:
-            active = [i for i, n in enumerate(n_frames) if done[i] < n]
-            if not active:
-                break
-            t = min(n_frames[i] - done[i] for i in active)
-            wav = np.stack([ready[i][done[i] * hop:(done[i] + t) * hop] for i in active])
-            state = concat_states([sessions[i].state for i in active])
-            z, r, state = tok.model.encode_step(torch.from_numpy(wav).to(tok.device), state)
-            for j, (i, s) in enumerate(zip(active, split_state(state, [1] * len(active)))):
-                sessions[i].state = s
-                lat[i].append(z[j].cpu().numpy())
-                if r is not None:
-                    rep[i].append(r[j].cpu().numpy())
-                done[i] += t
+    engine = tok.engine
+    while True:
+        active = [i for i, n in enumerate(n_frames) if done[i] < n]
+        if not active:
+            break
+        t = min(n_frames[i] - done[i] for i in active)
+        wav = np.stack([ready[i][done[i] * hop:(done[i] + t) * hop] for i in active])
+        state = engine.concat_states([sessions[i].state for i in active])
+        z, r, state = engine.encode_step(wav, state)
+        for j, (i, s) in enumerate(zip(active, engine.split_state(state, [1] * len(active)))):
+            sessions[i].state = s
+            lat[i].append(z[j])
+            if r is not None:
+                rep[i].append(r[j])
+            done[i] += t
     out = []
     for i, s in enumerate(sessions):
         s.frames_emitted += n_frames[i]

@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from .audio import as_mono_float32, check_sample_rate, load_audio, to_numpy
+from .backends import Engine, create_engine
 from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_strict, save_checkpoint
 from .config import TokenizerConfig
 from .errors import AudioInputError
 from .model import F3Model
 from .session import DecoderSession, EncodedFrames, EncoderSession, step_encoder_sessions
 from .streaming import State
+
+Backend = Literal["torch", "numba", "onnx"]
 
 BLOCK_FRAMES = 256  # offline work is cut into blocks of this many frames (~10 s): flat memory
 
@@ -42,28 +45,41 @@ class Tokenizer:
     """
 
     def __init__(self, model: F3Model, info: dict[str, Any] | None = None,
-                 device: str | torch.device | None = "cpu"):
+                 device: str | torch.device | None = "cpu", backend: Backend = "torch",
+                 **backend_options: Any):
         self.device = resolve_device(device)
+        if backend == "numba" and device in (None, "auto"):
+            self.device = torch.device("cpu")  # numba is CPU-only: "auto" falls back to it
         self.model = model.to(self.device).eval()
         self.info = info or {}
+        self.backend = backend
+        self.engine: Engine = create_engine(backend, self.model, self.device, **backend_options)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike | None = None,
-             device: str | torch.device | None = "cpu") -> "Tokenizer":
-        """Loads a checkpoint directory (default: the one bundled with the package)."""
+             device: str | torch.device | None = "cpu", backend: Backend = "torch",
+             **backend_options: Any) -> "Tokenizer":
+        """Loads a checkpoint directory (default: the one bundled with the package).
+
+        ``backend`` picks the engine that runs the model: ``"torch"`` (reference, CPU/CUDA),
+        ``"numba"`` (compiled CPU kernels, fastest at batch 1) or ``"onnx"`` (ONNX Runtime;
+        ``backend_options`` such as ``cache_dir`` go to the engine). All read the same weights.
+        """
         path = Path(path) if path is not None else default_checkpoint_dir()
         cfg, state, info = load_checkpoint(path)
         model = F3Model(cfg)
         load_state_strict(model, state, str(path))
-        return cls(model, info, device)
+        return cls(model, info, device, backend, **backend_options)
 
     @classmethod
     def from_config(cls, cfg: TokenizerConfig | None = None, seed: int = 0,
-                    device: str | torch.device | None = "cpu") -> "Tokenizer":
+                    device: str | torch.device | None = "cpu", backend: Backend = "torch",
+                    **backend_options: Any) -> "Tokenizer":
         """A randomly initialised (untrained) tokenizer, e.g. for tests and benchmarks."""
         torch.manual_seed(seed)
-        return cls(F3Model(cfg or TokenizerConfig()), {"trained": False}, device)
+        return cls(F3Model(cfg or TokenizerConfig()), {"trained": False}, device, backend,
+                   **backend_options)
 
     def save(self, path: str | os.PathLike, info: dict[str, Any] | None = None,
              weights_dtype: torch.dtype = torch.float32) -> Path:
@@ -115,20 +131,18 @@ class Tokenizer:
         pad = (-wav.size) % self.hop_length
         if pad:
             wav = np.concatenate([wav, np.zeros(pad, np.float32)])
-        state = self.model.init_encode_state(1, representations, self.device)
+        state = self.engine.init_encode_state(1, representations)
         lat, rep, _ = self._encode_array(wav, state, progress)
         return EncodedFrames(0, lat, rep)
 
     def represent(self, latents, progress: bool = False) -> np.ndarray:
         """Latents ``[T, latent_dim]`` -> representations ``[T, representation_dim]``."""
         z = self._check_latents(latents)
-        state = self.model.representation.init_state(1, self.device)
+        state = self.engine.init_represent_state(1)
         out = []
-        with torch.inference_mode():
-            for a in _blocks(z.shape[0], progress, "represent"):
-                r, state = self.model.representation.step(self._tensor(z[a:a + BLOCK_FRAMES]),
-                                                          state)
-                out.append(r[0].cpu().numpy())
+        for a in _blocks(z.shape[0], progress, "represent"):
+            r, state = self.engine.represent_step(z[None, a:a + BLOCK_FRAMES], state)
+            out.append(r[0])
         return np.concatenate(out)
 
     def decode(self, latents, progress: bool = False) -> np.ndarray:
@@ -161,22 +175,18 @@ class Tokenizer:
         return step_encoder_sessions(sessions, chunks)
 
     # -- internals shared by the offline and streaming paths -------------------------------
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x))[None].to(self.device)
-
     def _encode_array(self, wav: np.ndarray, state: State, progress: bool = False
                       ) -> tuple[np.ndarray, np.ndarray | None, State]:
         """Whole frames of samples -> (latents, representations or None, new state)."""
         n = wav.size // self.hop_length
         lat, rep = [], []
-        with torch.inference_mode():
-            for a in _blocks(n, progress, "encode"):
-                chunk = wav[a * self.hop_length:(a + BLOCK_FRAMES) * self.hop_length]
-                z, r, state = self.model.encode_step(self._tensor(chunk), state)
-                lat.append(z[0].cpu().numpy())
-                if r is not None:
-                    rep.append(r[0].cpu().numpy())
-        with_reps = any(k.startswith("representation.") for k in state)
+        for a in _blocks(n, progress, "encode"):
+            chunk = wav[a * self.hop_length:(a + BLOCK_FRAMES) * self.hop_length]
+            z, r, state = self.engine.encode_step(chunk[None], state)
+            lat.append(z[0])
+            if r is not None:
+                rep.append(r[0])
+        with_reps = self.engine.has_representations(state)
         latents = np.concatenate(lat) if lat else np.zeros((0, self.latent_dim), np.float32)
         reps = None
         if with_reps:
@@ -187,9 +197,8 @@ class Tokenizer:
     def _decode_array(self, z: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         if z.shape[0] == 0:
             return np.zeros(0, np.float32), state
-        with torch.inference_mode():
-            wav, state = self.model.decode_step(self._tensor(z), state)
-        return wav[0].cpu().numpy(), state
+        wav, state = self.engine.decode_step(z[None], state)
+        return wav[0], state
 
     def _check_latents(self, latents, allow_empty: bool = False) -> np.ndarray:
         z = to_numpy(latents, "latents")
