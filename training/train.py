@@ -1,0 +1,287 @@
+"""Train the F3 tokenizer: stage 0 (autoencoder), stage 1 (representation encoder), or both.
+
+    python -m training.train autoencoder    --config training/configs/cpu_small.json --out runs/x
+    python -m training.train representation --config training/configs/cpu_small.json --out runs/x
+    python -m training.train all            --config training/configs/cpu_small.json --out runs/x
+    torchrun --nproc_per_node=4 -m training.train all --config ... --out ...   # DDP
+
+Every run is seeded; ``--resume`` continues from ``OUT/<stage>/checkpoints/latest`` exactly as
+if it had never stopped (batches are a function of the step, RNG and optimizer state are
+restored). Logs go to ``OUT/<stage>/log.csv``; the inference checkpoint (f3stream format) is
+exported to ``OUT/export`` at every checkpoint and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from f3stream.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from f3stream.config import TokenizerConfig
+from f3stream.model import F3Model
+
+from .checkpointing import latest_checkpoint, load_training_state, save_training_state
+from .losses import (LogMel, MultiResolutionDiscriminator, discriminator_loss,
+                     generator_adversarial_losses, multi_resolution_stft_loss)
+from .segments import SegmentSource
+
+
+@dataclass
+class StageConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    segment_seconds: float = 1.6
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    # stage 0 loss weights
+    mrstft_weight: float = 1.0
+    mel_weight: float = 1.0
+    adversarial_weight: float = 0.0     # 0 disables the discriminator (fast CPU runs)
+    feature_matching_weight: float = 2.0
+    discriminator_start: int = 0
+    # stage 1 switches (ablations)
+    use_rq: bool = True
+    use_lm: bool = True
+    lm: str = "minilm"                  # "minilm" or a path to a local HF causal LM directory
+    lm_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    manifest: str = "data/corpus/manifest.jsonl"
+    seed: int = 0
+    gain_db: tuple[float, float] = (-12.0, 3.0)
+    autoencoder: StageConfig = field(default_factory=StageConfig)
+    representation: StageConfig = field(default_factory=StageConfig)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        known = {"model", "manifest", "seed", "gain_db", "autoencoder", "representation"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        stage_fields = set(StageConfig.__dataclass_fields__)
+        stages = {}
+        for name in ("autoencoder", "representation"):
+            s = data.get(name, {})
+            bad = set(s) - stage_fields
+            if bad:
+                raise ValueError(f"{path}: unknown {name} keys {sorted(bad)}")
+            stages[name] = StageConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in s.items()})
+        return cls(model=TokenizerConfig.from_dict(data.get("model", {})),
+                   manifest=data.get("manifest", cls.manifest), seed=data.get("seed", 0),
+                   gain_db=tuple(data.get("gain_db", (-12.0, 3.0))), **stages)
+
+
+# -- distributed helpers ----------------------------------------------------------------------
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def lr_at(step: int, cfg: StageConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+class CsvLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+class AutoencoderPart(nn.Module):
+    """Just the parts stage 0 trains (so DDP sees no unused parameters)."""
+
+    def __init__(self, model: F3Model):
+        super().__init__()
+        self.encoder, self.bottleneck, self.decoder = model.encoder, model.bottleneck, model.decoder
+        self.delay = model.cfg.autoencoder.decoder_delay
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        b = wav.shape[0]
+        z = self.bottleneck(self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0])
+        y, state = self.decoder.step(z, self.decoder.init_state(b, wav.device))
+        return torch.cat([y, self.decoder.tail(state)], dim=-1)[:, self.delay:]
+
+
+def load_sources(cfg: TrainConfig, stage: StageConfig, with_text: bool = False):
+    from .data.manifest import read_manifest
+
+    sr = cfg.model.autoencoder.sample_rate
+    seg = int(stage.segment_seconds * sr)
+    seg -= seg % cfg.model.autoencoder.hop_length
+    train = read_manifest(cfg.manifest, split="train")
+    val = read_manifest(cfg.manifest, split="val")
+    return (SegmentSource([c.path for c in train], sr, seg, cfg.seed, cfg.gain_db),
+            SegmentSource([c.path for c in val], sr, seg, cfg.seed + 1), train, val)
+
+
+def export(model: F3Model, out: Path, info: dict[str, Any]) -> None:
+    save_checkpoint(model, model.cfg, out / "export", info=info)
+
+
+def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int | None = None
+                      ) -> F3Model:
+    """Stage 0. ``max_steps`` stops early (as if killed) for tests of ``--resume``."""
+    stage = cfg.autoencoder
+    rank, world, device = setup_distributed()
+    torch.manual_seed(cfg.seed)
+    model = F3Model(cfg.model).to(device)
+    ae = AutoencoderPart(model).to(device)
+    net = nn.parallel.DistributedDataParallel(ae) if world > 1 else ae
+    opt_g = torch.optim.AdamW(ae.parameters(), lr=stage.lr, betas=stage.betas,
+                              weight_decay=stage.weight_decay)
+    modules: dict[str, nn.Module] = {"model": model}
+    optimizers: dict[str, torch.optim.Optimizer] = {"generator": opt_g}
+    use_disc = stage.adversarial_weight > 0
+    if use_disc:
+        disc = MultiResolutionDiscriminator().to(device)
+        disc_net = nn.parallel.DistributedDataParallel(disc) if world > 1 else disc
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=stage.lr, betas=stage.betas)
+        modules["discriminator"], optimizers["discriminator"] = disc, opt_d
+    stage_dir = out / "autoencoder"
+    start = 0
+    if resume and (ck := latest_checkpoint(stage_dir)) is not None:
+        start = load_training_state(ck, modules, optimizers)["step"]
+        if rank == 0:
+            print(f"resumed from {ck} at step {start}")
+    train_src, val_src, _, _ = load_sources(cfg, stage)
+    val_batches = [b.to(device) for b in val_src.fixed_batches(4, stage.batch_size)]
+    logmel = LogMel(cfg.model.autoencoder.sample_rate).to(device)
+    log = CsvLog(stage_dir / "log.csv", rank == 0)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        print(f"stage 0: {sum(p.numel() for p in ae.parameters()) / 1e6:.2f} M parameters, "
+              f"{train_src.seconds / 3600:.2f} h of training audio, device {device}, "
+              f"world size {world}")
+
+    def recon_losses(y, x):
+        mr = multi_resolution_stft_loss(y, x)
+        mel = F.l1_loss(logmel(y), logmel(x))
+        return mr, mel
+
+    end = stage.steps if max_steps is None else min(stage.steps, max_steps)
+    bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="autoencoder",
+               disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("CI") == "true")
+    t0 = time.time()
+    for step in bar:
+        lr = lr_at(step, stage)
+        for opt in optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = lr
+        x = train_src.batch(step, stage.batch_size, rank).to(device)
+        ae.train()
+        y = net(x)
+        mr, mel = recon_losses(y, x)
+        loss = stage.mrstft_weight * mr + stage.mel_weight * mel
+        adv = fm = d_loss = torch.zeros((), device=device)
+        if use_disc and step >= stage.discriminator_start:
+            d_loss = discriminator_loss(disc_net(x), disc_net(y.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            adv, fm = generator_adversarial_losses(disc_net(x), disc_net(y))
+            loss = loss + stage.adversarial_weight * adv + stage.feature_matching_weight * fm
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = nn.utils.clip_grad_norm_(ae.parameters(), stage.grad_clip)
+        opt_g.step()
+        done = step + 1
+        if done % stage.log_every == 0 or done == end:
+            row = {"step": done, "loss": f"{loss.item():.5f}", "mrstft": f"{mr.item():.5f}",
+                   "mel": f"{mel.item():.5f}", "adv": f"{adv.item():.5f}",
+                   "fm": f"{fm.item():.5f}", "disc": f"{d_loss.item():.5f}",
+                   "grad_norm": f"{grad.item():.4f}", "lr": f"{lr:.3e}",
+                   "sec_per_step": f"{(time.time() - t0) / max(1, done - start):.3f}",
+                   "val_mel": ""}
+            if done % stage.eval_every == 0 or done == stage.steps:
+                ae.eval()
+                with torch.no_grad():
+                    row["val_mel"] = f"{sum(recon_losses(ae(v), v)[1].item() for v in val_batches) / len(val_batches):.5f}"
+            log.write(row)
+            bar.set_postfix(mel=row["mel"], val_mel=row["val_mel"] or "-")
+        if rank == 0 and (done % stage.checkpoint_every == 0 or done == end):
+            save_training_state(stage_dir, done, modules, optimizers, {"stage": "autoencoder"})
+            export(model, out, {"trained": True, "stage0_steps": done, "stage1_steps": 0,
+                                "seed": cfg.seed})
+    return model
+
+
+def load_stage0(out: Path, cfg: TrainConfig, device: torch.device) -> F3Model:
+    model_cfg, state, _ = load_checkpoint(out / "export")
+    if model_cfg != cfg.model:
+        raise ValueError("the exported stage-0 model's config differs from --config")
+    model = F3Model(model_cfg)
+    load_state_strict(model, state, str(out / "export"))
+    return model.to(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["autoencoder", "representation", "all"])
+    parser.add_argument("--config", required=True, help="training config JSON")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--manifest", help="override the config's manifest path")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig.load(args.config)
+    if args.manifest:
+        cfg.manifest = args.manifest
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.stage in ("autoencoder", "all"):
+        train_autoencoder(cfg, out, args.resume)
+    if args.stage in ("representation", "all"):
+        from .representation_stage import train_representation
+        train_representation(cfg, out, args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
