@@ -1,0 +1,150 @@
+"""The batching loop: collects the work of every session that has input, runs it as one batched
+model step in a worker thread, and hands the results back on the event loop.
+
+One worker thread does all model work, so the event loop never blocks on the model and
+sessions never race on shared torch state; while a step runs, new input accumulates and the
+next step batches it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..tokenizer import Tokenizer
+from .live import LiveSession, Work
+from .protocol import KIND_AUDIO, KIND_BOTH, KIND_LATENTS, KIND_REPRESENTATIONS
+
+log = logging.getLogger("f3stream.server")
+
+
+def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
+    """Runs in the worker thread. Never raises: failures are recorded on the item."""
+    enc = [w for w in items if w.data is not None and w.session.encoder]
+    for reps in (False, True):
+        group = [w for w in enc if w.session.hello.wants_representations == reps]
+        if group:
+            _encode_group(tok, group)
+    for w in items:
+        if w.error is not None:
+            continue
+        try:
+            if w.data is not None and not w.session.encoder:
+                wav = w.session.coder.push(w.data)
+                start = w.session.coder.frames_received - w.data.shape[0]
+                _emit_audio(w, start, wav, w.marks[-1][1])
+            if w.control is not None:
+                _control(w)
+        except Exception as e:  # noqa: BLE001 - one session's failure must not stop others
+            log.exception("session %s failed", w.session.id)
+            w.error = ("internal", f"{type(e).__name__}: {e}")
+    return items
+
+
+def _encode_group(tok: Tokenizer, group: list[Work]) -> None:
+    try:
+        results = tok.step_sessions([w.session.coder for w in group], [w.data for w in group])
+    except Exception:  # noqa: BLE001 - fall back to one session at a time to isolate it
+        log.exception("batched step failed; retrying sessions one by one")
+        results = []
+        for w in group:
+            try:
+                results.append(w.session.coder.push(w.data))
+            except Exception as e:  # noqa: BLE001
+                w.error = ("internal", f"{type(e).__name__}: {e}")
+                results.append(None)
+    for w, r in zip(group, results):
+        if r is not None and r.n_frames:
+            end = (r.start_frame + r.n_frames) * tok.hop_length
+            _emit_frames(w, r, w.recv_us_for(end))
+
+
+def _emit_frames(w: Work, r, recv_us: int, final: bool = False) -> None:
+    kind = w.session.hello.output_kind
+    if kind == KIND_LATENTS:
+        payload = r.latents
+    elif kind == KIND_REPRESENTATIONS:
+        payload = r.representations
+    else:
+        payload = np.concatenate([r.latents, r.representations], axis=1)
+    w.out.append(("frames", kind, r.start_frame, payload, recv_us, final))
+
+
+def _emit_audio(w: Work, start: int, wav: np.ndarray, recv_us: int, final: bool = False
+                ) -> None:
+    if wav.size or final:
+        w.out.append(("frames", KIND_AUDIO, start, wav[None, :], recv_us, final))
+
+
+def _control(w: Work) -> None:
+    op, coder = w.control, w.session.coder
+    if op.kind == "reset":
+        coder.reset()
+        w.out.append(("json", {"type": "reset"}))
+        return
+    # flush, close and shutdown all end the stream first (flush is idempotent)
+    if not coder.closed:
+        if w.session.encoder:
+            r = coder.flush()
+            if r.n_frames:
+                _emit_frames(w, r, op.recv_us, final=True)
+        else:
+            _emit_audio(w, coder.frames_received, coder.flush(), op.recv_us, final=True)
+    frames = coder.frames_emitted if w.session.encoder else coder.frames_received
+    w.out.append(("json", {"type": "flushed", "frames": int(frames)}))
+    if op.kind == "close":
+        w.out.append(("close", 1000, "closed by client"))
+    elif op.kind == "shutdown":
+        w.out.append(("close", 1001, "server shutting down"))
+
+
+class Batcher:
+    """Runs rounds of model work whenever sessions have input; see the module docstring."""
+
+    def __init__(self, tok: Tokenizer, sessions: Callable[[], Iterable[LiveSession]],
+                 deliver: Callable[[Work], None], on_batch: Callable[[int], None]):
+        self.tok = tok
+        self.sessions = sessions
+        self.deliver = deliver
+        self.on_batch = on_batch
+        self.wake = asyncio.Event()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="f3stream-model")
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            await self.wake.wait()
+            self.wake.clear()
+            items = [w for s in list(self.sessions()) if not s.dead or s.inbox
+                     for w in [s.take_work()] if w is not None]
+            if not items:
+                continue
+            self.on_batch(sum(1 for w in items if w.data is not None))
+            try:
+                done = await loop.run_in_executor(self.executor, compute, self.tok, items)
+            except RuntimeError:  # executor shut down under us: the server is stopping
+                return
+            for w in done:
+                self.deliver(w)
+            if any(s.inbox for s in self.sessions()):
+                self.wake.set()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, 30)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self.task.cancel()
+        self.executor.shutdown(wait=True)
+

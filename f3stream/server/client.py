@@ -1,0 +1,294 @@
+"""Clients for the live protocol: :class:`AsyncClient` (asyncio) and :class:`Client` (a blocking
+wrapper), plus :func:`stream_audio`, which streams a whole signal in real time (or as fast as
+possible) and measures per-frame latency as the client sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from ..errors import F3StreamError
+from ..session import EncodedFrames
+from .protocol import (KIND_AUDIO, KIND_BOTH, KIND_LATENTS, FrameMessage, Hello, ProtocolError,
+                       parse_frame)
+
+
+class ServerError(F3StreamError):
+    """The server answered with an error message or closed the connection abnormally."""
+
+    def __init__(self, code: str, message: str, close_code: int | None = None):
+        super().__init__(f"{code}: {message}" + (f" (close code {close_code})"
+                                                 if close_code is not None else ""))
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+@dataclass
+class StreamResult:
+    """Everything a client received for one stream."""
+
+    latents: np.ndarray | None = None
+    representations: np.ndarray | None = None
+    audio: np.ndarray | None = None
+    messages: int = 0
+    latency_ms: list[float] = field(default_factory=list)         # client send -> receive
+    server_latency_ms: list[float] = field(default_factory=list)  # header send_us - recv_us
+
+    @property
+    def n_frames(self) -> int:
+        return 0 if self.latents is None and self.representations is None else int(
+            (self.latents if self.latents is not None else self.representations).shape[0])
+
+    def as_encoded_frames(self) -> EncodedFrames:
+        lat = self.latents if self.latents is not None else np.zeros(
+            (self.n_frames, 0), np.float32)
+        return EncodedFrames(0, lat, self.representations)
+
+
+class AsyncClient:
+    """One streaming session. ``async with AsyncClient(url, ...) as c: await c.send_audio(x)``;
+    frames are collected in the background; :meth:`flush` waits until the stream's last frame
+    has arrived; :meth:`result` returns what was received."""
+
+    def __init__(self, url: str, *, direction: str = "encode", returns: str = "both",
+                 format: str = "float32", payload_dtype: str = "float32",
+                 token: str | None = None, sample_rate: int = 24000,
+                 open_timeout: float = 10.0, max_size: int | None = 1 << 24):
+        self.url = url
+        self.hello = Hello(sample_rate=sample_rate, format=format, returns=returns,
+                           direction=direction, payload_dtype=payload_dtype, token=token)
+        self.open_timeout = open_timeout
+        self.max_size = max_size
+        self.ws: ClientConnection | None = None
+        self.ready: dict[str, Any] = {}
+        self.messages: list[tuple[FrameMessage, float]] = []
+        self.error: ServerError | None = None
+        self._flushed = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._marks: list[int] = []     # stream positions at the end of each sent chunk
+        self._times: list[float] = []   # perf_counter at those sends
+        self._position = 0
+        self._receiver: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.disconnect()
+
+    async def connect(self) -> dict[str, Any]:
+        """Opens the connection and performs the handshake; returns the server's ready info."""
+        self.ws = await connect(self.url, open_timeout=self.open_timeout, compression=None,
+                                max_size=self.max_size)
+        await self.ws.send(self.hello.to_json())
+        first = await self.ws.recv()
+        msg = json.loads(first) if isinstance(first, str) else {}
+        if msg.get("type") != "ready":
+            await self._closed_by_server(msg)
+            raise self.error  # type: ignore[misc]
+        self.ready = msg
+        self._receiver = asyncio.get_running_loop().create_task(self._receive())
+        return msg
+
+    async def _closed_by_server(self, msg: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(self.ws.wait_closed(), 5)
+        except asyncio.TimeoutError:
+            pass
+        code = self.ws.close_code
+        if msg.get("type") == "error":
+            self.error = ServerError(str(msg.get("code")), str(msg.get("message")), code)
+        else:
+            self.error = ServerError("closed", f"unexpected message {msg!r}", code)
+
+    async def _receive(self) -> None:
+        try:
+            async for raw in self.ws:
+                t = time.perf_counter()
+                if isinstance(raw, bytes):
+                    self.messages.append((parse_frame(raw), t))
+                    continue
+                msg = json.loads(raw)
+                if msg.get("type") == "flushed":
+                    self._flushed.set()
+                elif msg.get("type") == "error":
+                    self.error = ServerError(msg.get("code"), msg.get("message"))
+        except (ConnectionClosed, ProtocolError):
+            pass
+        finally:
+            code = self.ws.close_code
+            if self.error is not None:
+                self.error.close_code = code
+            elif code is not None and code not in (1000, 1001):
+                self.error = ServerError("closed", self.ws.close_reason or "connection closed",
+                                         code)
+            self._closed.set()
+            self._flushed.set()
+
+    def _mark(self, n: int) -> None:
+        self._position += n
+        self._marks.append(self._position)
+        self._times.append(time.perf_counter())
+
+    async def send_audio(self, pcm: np.ndarray) -> None:
+        """Sends mono samples (float in [-1, 1] or int16) in the handshake's format."""
+        x = np.asarray(pcm)
+        if self.hello.format == "pcm16":
+            if x.dtype != np.int16:
+                x = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
+            data = x.astype("<i2").tobytes()
+        else:
+            if x.dtype == np.int16:
+                x = x.astype(np.float32) / 32768.0
+            data = x.astype("<f4").tobytes()
+        await self.ws.send(data)
+        self._mark(x.size)
+
+    async def send_latents(self, latents: np.ndarray) -> None:
+        z = np.ascontiguousarray(latents, dtype="<f4")
+        await self.ws.send(z.tobytes())
+        self._mark(z.shape[0])
+
+    async def send_json(self, obj: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(obj))
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Ends the stream and waits for its last frames (the server's "flushed" reply)."""
+        self._flushed.clear()
+        await self.send_json({"type": "flush"})
+        self._t_flush = time.perf_counter()
+        await asyncio.wait_for(self._flushed.wait(), timeout)
+        if self.error is not None:
+            raise self.error
+
+    async def reset(self) -> None:
+        await self.send_json({"type": "reset"})
+        self._position = 0
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Flushes, then closes normally (close code 1000)."""
+        await self.send_json({"type": "close"})
+        await asyncio.wait_for(self._closed.wait(), timeout)
+
+    async def disconnect(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._receiver is not None:
+            await self._receiver
+
+    def result(self) -> StreamResult:
+        """Reassembles the received frames (by frame index) and the latencies."""
+        res = StreamResult()
+        lat, rep, audio = [], [], []
+        ld = int(self.ready.get("latent_dim", 0))
+        for m, t in self.messages:
+            res.messages += 1
+            res.server_latency_ms.append((m.send_us - m.recv_us) / 1000.0)
+            if m.kind == KIND_AUDIO:
+                audio.append(m.payload[0])
+                continue
+            if m.kind == KIND_LATENTS:
+                lat.append(m.payload)
+            elif m.kind == KIND_BOTH:
+                lat.append(m.payload[:, :ld])
+                rep.append(m.payload[:, ld:])
+            else:
+                rep.append(m.payload)
+            end = (m.frame_index + m.n_rows) * int(self.ready.get("hop_length", 1))
+            k = bisect.bisect_left(self._marks, end)
+            if not m.final and k < len(self._times):
+                res.latency_ms.append((t - self._times[k]) * 1000.0)
+        if lat:
+            res.latents = np.concatenate(lat)
+        if rep:
+            res.representations = np.concatenate(rep)
+        if audio:
+            res.audio = np.concatenate(audio)
+        return res
+
+
+async def stream_audio(url: str, audio: np.ndarray, *, chunk_ms: float = 20.0,
+                       realtime: bool = True, **client_kw: Any) -> StreamResult:
+    """Streams ``audio`` (24 kHz mono) in chunks of ``chunk_ms``, paced in real time unless
+    ``realtime`` is False, flushes, closes, and returns the tokens and latencies."""
+    async with AsyncClient(url, **client_kw) as c:
+        step = max(1, int(round(c.ready["sample_rate"] * chunk_ms / 1000.0)))
+        t0 = time.perf_counter()
+        for i, a in enumerate(range(0, len(audio), step)):
+            if realtime:
+                delay = t0 + i * chunk_ms / 1000.0 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await c.send_audio(audio[a:a + step])
+        await c.close()
+        if c.error is not None:
+            raise c.error
+        return c.result()
+
+
+async def decode_latents_remote(url: str, latents: np.ndarray, frames_per_message: int = 1,
+                                **client_kw: Any) -> np.ndarray:
+    """Decodes latents on the server; returns the waveform (as Tokenizer.decode would)."""
+    async with AsyncClient(url, direction="decode", **client_kw) as c:
+        for a in range(0, latents.shape[0], frames_per_message):
+            await c.send_latents(latents[a:a + frames_per_message])
+        await c.close()
+        if c.error is not None:
+            raise c.error
+        res = c.result()
+    return res.audio if res.audio is not None else np.zeros(0, np.float32)
+
+
+class Client:
+    """A blocking wrapper around :class:`AsyncClient` (runs its own event loop)."""
+
+    def __init__(self, url: str, **kw: Any):
+        self._loop = asyncio.new_event_loop()
+        self._client = self._run(self._make(url, kw))
+        self.ready = self._run(self._client.connect())
+
+    @staticmethod
+    async def _make(url: str, kw: dict[str, Any]) -> AsyncClient:
+        return AsyncClient(url, **kw)
+
+    def _run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    def send_audio(self, pcm: np.ndarray) -> None:
+        self._run(self._client.send_audio(pcm))
+
+    def send_latents(self, latents: np.ndarray) -> None:
+        self._run(self._client.send_latents(latents))
+
+    def flush(self) -> StreamResult:
+        self._run(self._client.flush())
+        return self._client.result()
+
+    def reset(self) -> None:
+        self._run(self._client.reset())
+
+    def close(self) -> StreamResult:
+        try:
+            self._run(self._client.close())
+            self._run(self._client.disconnect())
+        finally:
+            self._loop.close()
+        return self._client.result()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._loop.is_closed():
+            self.close()

@@ -1,0 +1,161 @@
+"""One connection's live state: its tokenizer session, its inbox of pending work and its bounded
+outbox.
+
+The handler (reading) and the batcher (model work) only meet here: the handler appends ops to
+the inbox, the batcher takes them in order, and results go to the outbox that a sender task
+drains to the socket. All methods run on the event-loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .protocol import DTYPES, ERROR_CODES, Hello, error_message
+
+
+def now_us() -> int:
+    """Wall clock in microseconds: what frame headers carry (comparable across processes)."""
+    return time.time_ns() // 1000
+
+
+@dataclass
+class Op:
+    """One unit of client input, in arrival order."""
+
+    kind: str                      # "data" | "flush" | "reset" | "close" | "shutdown"
+    recv_us: int
+    data: np.ndarray | None = None
+    end_sample: int = 0            # stream position (samples or frames) after this op
+
+
+@dataclass
+class Work:
+    """What the batcher takes from one session in one round, and what the model made of it."""
+
+    session: "LiveSession"
+    data: np.ndarray | None
+    marks: list[tuple[int, int]]   # (stream end position, recv_us) of each merged data op
+    control: Op | None
+    out: list[tuple] = field(default_factory=list)   # ("frames", ...) | ("text", str) | ...
+    error: tuple[str, str] | None = None
+
+    def recv_us_for(self, end: int) -> int:
+        """The receive time of the op that brought stream position ``end``."""
+        for pos, us in self.marks:
+            if pos >= end:
+                return us
+        return self.marks[-1][1] if self.marks else now_us()
+
+
+class Outbox:
+    """A bounded FIFO of outgoing items; ``put`` refuses (returns False) when full unless
+    forced, so a slow reader is detected instead of buffered without limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.items: deque[tuple] = deque()
+        self.ready = asyncio.Event()
+
+    def put(self, item: tuple, force: bool = False) -> bool:
+        if not force and len(self.items) >= self.limit:
+            return False
+        self.items.append(item)
+        self.ready.set()
+        return True
+
+    async def get(self) -> tuple:
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.items.popleft()
+
+
+class LiveSession:
+    """A connected, handshaken client."""
+
+    def __init__(self, sid: int, ws: Any, hello: Hello, coder: Any, outbox_limit: int,
+                 sample_rate: int):
+        self.id = sid
+        self.ws = ws
+        self.hello = hello
+        self.coder = coder                 # EncoderSession or DecoderSession
+        self.encoder = hello.direction == "encode"
+        self.dtype = DTYPES[hello.payload_dtype]
+        self.sample_rate = sample_rate
+        self.inbox: deque[Op] = deque()
+        self.outbox = Outbox(outbox_limit)
+        self.pending = 0                   # samples (or frames) queued, not yet processed
+        self.position = 0                  # stream position after the last queued op
+        self.total_in = 0                  # samples (or frames) received over the connection
+        self.stream_open = True            # False after a queued flush, until a reset
+        self.dead = False                  # failed or closing: ignore further input
+        self.seq = 0
+        self.space = asyncio.Event()       # set when the inbox has room again
+        self.space.set()
+
+    # -- input side (handler) -----------------------------------------------------------------
+    def enqueue(self, op: Op) -> None:
+        if op.data is not None:
+            n = int(op.data.shape[0])
+            self.pending += n
+            self.total_in += n
+            self.position += n
+            op.end_sample = self.position
+        elif op.kind == "reset":
+            self.position = 0
+            self.stream_open = True
+        elif op.kind in ("flush", "close", "shutdown"):
+            self.stream_open = False
+        self.inbox.append(op)
+
+    def take_work(self) -> Work | None:
+        """Leading data ops (merged into one chunk) plus the control op after them, if any."""
+        if not self.inbox:
+            return None
+        parts, marks = [], []
+        while self.inbox and self.inbox[0].kind == "data":
+            op = self.inbox.popleft()
+            parts.append(op.data)
+            marks.append((op.end_sample, op.recv_us))
+        control = self.inbox.popleft() if self.inbox else None
+        data = None
+        if parts:
+            data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self.pending -= int(data.shape[0])
+        self.space.set()
+        return Work(self, data, marks, control)
+
+    # -- output side --------------------------------------------------------------------------
+    def send_frames(self, kind: int, frame_index: int, payload: np.ndarray, recv_us: int,
+                    final: bool = False) -> bool:
+        """Queues a binary frame message; False if the outbox is full (slow reader)."""
+        item = ("frames", kind, self.seq, frame_index, payload, recv_us, final)
+        if not self.outbox.put(item):
+            return False
+        self.seq += 1
+        return True
+
+    def send_text(self, text: str, force: bool = False) -> bool:
+        return self.outbox.put(("text", text), force=force)
+
+    def fail(self, code: str, message: str) -> None:
+        """Sends an error and closes with the code's close code; further input is ignored."""
+        if self.dead:
+            return
+        self.dead = True
+        self.inbox.clear()
+        self.pending = 0
+        self.space.set()
+        self.send_text(error_message(code, message), force=True)
+        self.close(ERROR_CODES[code], code)
+
+    def close(self, code: int, reason: str) -> None:
+        self.dead = True
+        self.space.set()
+        self.outbox.put(("close", code, reason[:120]), force=True)

@@ -1,0 +1,332 @@
+"""The websocket server: handshakes, per-connection reading and sending, limits, health and
+metrics endpoints, graceful shutdown. Model work is delegated to :class:`Batcher`.
+
+Every connection is isolated: whatever one client sends (or how it disconnects) ends at most
+its own connection, with an error message and a documented close code (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..tokenizer import Tokenizer
+from .batcher import Batcher
+from .live import LiveSession, Op, Work, now_us
+from .metrics import Metrics
+from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, PROTOCOL_VERSION, HEADER_SIZE,
+                       ProtocolError, decode_audio, decode_latents, encode_frame, error_message,
+                       parse_control, parse_hello, parse_text)
+
+log = logging.getLogger("f3stream.server")
+
+
+@dataclass
+class ServerConfig:
+    """Limits and access control. Sizes in bytes, times in seconds."""
+
+    max_sessions: int = 256
+    max_message_bytes: int = 1 << 20
+    idle_timeout: float = 30.0                 # also the time allowed for the hello
+    max_session_seconds: float = 4 * 3600.0    # audio (or latent frames) per connection
+    send_queue: int = 256                      # outgoing messages buffered per connection
+    max_pending_seconds: float = 10.0          # input buffered before reading pauses
+    token: str | None = None
+    allowed_origins: list[str] | None = None
+    shutdown_timeout: float = 10.0
+    close_timeout: float = 2.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class F3Server:
+    """``await F3Server(tok, cfg).start(host, port)``; ``await server.shutdown()`` flushes open
+    sessions, then closes them with 1001."""
+
+    def __init__(self, tok: Tokenizer, config: ServerConfig | None = None):
+        self.tok = tok
+        self.cfg = config or ServerConfig()
+        self.metrics = Metrics()
+        self.sessions: dict[int, LiveSession] = {}
+        self._ids = itertools.count(1)
+        self._ws: Server | None = None
+        self.batcher: Batcher | None = None
+        self.shutting_down = False
+        self._closed = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 8765) -> "F3Server":
+        self.batcher = Batcher(self.tok, lambda: self.sessions.values(), self._deliver,
+                               self.metrics.record_batch)
+        self.batcher.start()
+        origins = None
+        if self.cfg.allowed_origins:
+            # None admits clients that send no Origin header (non-browser clients)
+            origins = [*self.cfg.allowed_origins, None]
+        self._ws = await serve(self._handler, host, port, origins=origins,
+                               process_request=self._http, compression=None,
+                               max_size=self.cfg.max_message_bytes, max_queue=64,
+                               close_timeout=self.cfg.close_timeout,
+                               ping_interval=20, ping_timeout=20)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._ws is not None
+        return self._ws.sockets[0].getsockname()[1]
+
+    async def shutdown(self) -> None:
+        """Stops accepting, flushes every open session (their last frames are sent), closes
+        them with 1001, then stops the model worker."""
+        if self.shutting_down:
+            await self._closed.wait()
+            return
+        self.shutting_down = True
+        assert self._ws is not None and self.batcher is not None
+        self._ws.close(close_connections=False)  # stop listening; handlers keep running
+        for s in list(self.sessions.values()):
+            if not s.dead:
+                s.enqueue(Op("shutdown", now_us()))
+                s.dead = True  # no more input
+        self.batcher.wake.set()
+        try:
+            await asyncio.wait_for(self._ws.wait_closed(), self.cfg.shutdown_timeout)
+        except asyncio.TimeoutError:
+            log.warning("shutdown: connections still open after %.1f s; closing them",
+                        self.cfg.shutdown_timeout)
+            for conn in list(self._ws.connections):
+                conn.transport.abort()
+        await self.batcher.stop()
+        self._closed.set()
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGINT/SIGTERM, then shuts down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received: flushing %d sessions", len(self.sessions))
+        await self.shutdown()
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _http(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
+            body = {"status": "shutting_down" if self.shutting_down else "ok",
+                    "sessions": len(self.sessions), "protocol_version": PROTOCOL_VERSION}
+            return _json_response(503 if self.shutting_down else 200, body)
+        if path == "/metrics":
+            return _json_response(200, self.metrics.snapshot(len(self.sessions)))
+        return None
+
+    # -- websocket ----------------------------------------------------------------------------
+    async def _handler(self, ws: ServerConnection) -> None:
+        try:
+            session = await self._handshake(ws)
+        except ConnectionClosed:
+            return
+        if session is None:
+            return
+        sender = asyncio.get_running_loop().create_task(self._sender(session))
+        try:
+            await self._read(ws, session)
+        except ConnectionClosed:
+            pass
+        except Exception as e:  # noqa: BLE001 - never let one connection take the server down
+            log.exception("session %s: unexpected error", session.id)
+            self._fail(session, "internal", f"{type(e).__name__}: {e}")
+        finally:
+            if not session.dead:  # the client went away: drop its pending work
+                session.dead = True
+                session.inbox.clear()
+            session.outbox.put(("stop",), force=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(sender), self.cfg.close_timeout + 1)
+            except (asyncio.TimeoutError, ConnectionClosed):
+                pass
+            sender.cancel()
+            self.sessions.pop(session.id, None)
+
+    async def _reject(self, ws: ServerConnection, code: str, message: str) -> None:
+        self.metrics.errors[code] += 1
+        try:
+            await ws.send(error_message(code, message))
+            await ws.close(ProtocolError(code, message).close_code, code)
+        except ConnectionClosed:
+            pass
+
+    async def _handshake(self, ws: ServerConnection) -> LiveSession | None:
+        try:
+            first = await asyncio.wait_for(ws.recv(), self.cfg.idle_timeout)
+        except asyncio.TimeoutError:
+            await self._reject(ws, "idle_timeout", f"no hello within {self.cfg.idle_timeout} s")
+            return None
+        try:
+            if not isinstance(first, str):
+                raise ProtocolError("not_ready", 'binary message before the handshake; send '
+                                                 '{"type": "hello", ...} first')
+            hello = parse_hello(parse_text(first), self.tok.sample_rate)
+        except ProtocolError as e:
+            await self._reject(ws, e.code, e.message)
+            return None
+        if self.cfg.token is not None and not hmac.compare_digest(
+                (hello.token or "").encode(), self.cfg.token.encode()):
+            await self._reject(ws, "unauthorized", "missing or wrong token")
+            return None
+        if self.shutting_down:
+            await self._reject(ws, "shutting_down", "the server is shutting down")
+            return None
+        if len(self.sessions) >= self.cfg.max_sessions:
+            await self._reject(ws, "too_many_sessions", f"the server is at its limit of "
+                                                        f"{self.cfg.max_sessions} sessions; "
+                                                        "retry later")
+            return None
+        coder = (self.tok.session(representations=hello.wants_representations)
+                 if hello.direction == "encode" else self.tok.decoder_session())
+        sid = next(self._ids)
+        session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue, self.tok.sample_rate)
+        self.sessions[sid] = session
+        self.metrics.sessions_total += 1
+        session.send_text(json.dumps(self._ready(session)), force=True)
+        return session
+
+    def _ready(self, s: LiveSession) -> dict[str, Any]:
+        tok = self.tok
+        width = {1: tok.latent_dim, 2: tok.representation_dim,
+                 3: tok.latent_dim + tok.representation_dim, 4: 0}[s.hello.output_kind]
+        return {"type": "ready", "version": PROTOCOL_VERSION, "session": s.id,
+                "sample_rate": tok.sample_rate, "frame_rate": tok.frame_rate,
+                "hop_length": tok.hop_length, "latent_dim": tok.latent_dim,
+                "representation_dim": tok.representation_dim, "direction": s.hello.direction,
+                "format": s.hello.format, "return": s.hello.returns,
+                "payload_dtype": s.hello.payload_dtype, "frame_kind": s.hello.output_kind,
+                "row_width": width, "header_bytes": HEADER_SIZE,
+                "max_message_bytes": self.cfg.max_message_bytes,
+                "decoder_delay": tok.config.autoencoder.decoder_delay}
+
+    async def _read(self, ws: ServerConnection, s: LiveSession) -> None:
+        limit = self.cfg.max_session_seconds * self.tok.sample_rate
+        if not s.encoder:
+            limit = self.cfg.max_session_seconds * self.tok.frame_rate
+        max_pending = self.cfg.max_pending_seconds * (self.tok.sample_rate if s.encoder
+                                                      else self.tok.frame_rate)
+        while True:
+            while s.pending > max_pending and not s.dead:  # backpressure: stop reading
+                s.space.clear()
+                await s.space.wait()
+            try:
+                msg = await asyncio.wait_for(ws.recv(), self.cfg.idle_timeout)
+            except asyncio.TimeoutError:
+                self._fail(s, "idle_timeout", f"no message for {self.cfg.idle_timeout} s")
+                continue
+            if s.dead:
+                continue  # closing: drain until the close handshake ends recv()
+            recv_us = now_us()
+            try:
+                if isinstance(msg, str):
+                    kind = parse_control(parse_text(msg))
+                    s.enqueue(Op(kind, recv_us))
+                    if kind == "close":
+                        s.dead = True  # flush, say goodbye, close: ignore anything after
+                else:
+                    if not s.stream_open:
+                        raise ProtocolError("session_closed", "the stream was flushed; send "
+                                                              '{"type": "reset"} to start a '
+                                                              "new one")
+                    data = (decode_audio(msg, s.hello.format) if s.encoder
+                            else decode_latents(msg, self.tok.latent_dim))
+                    if s.total_in + data.shape[0] > limit:
+                        raise ProtocolError("session_too_long", "the session exceeded "
+                                            f"{self.cfg.max_session_seconds:g} s")
+                    if data.shape[0]:
+                        s.enqueue(Op("data", recv_us, data))
+            except ProtocolError as e:
+                self._fail(s, e.code, e.message)
+                continue
+            self.batcher.wake.set()
+
+    def _fail(self, s: LiveSession, code: str, message: str) -> None:
+        if not s.dead:
+            self.metrics.errors[code] += 1
+        s.fail(code, message)
+
+    # -- output -------------------------------------------------------------------------------
+    def _deliver(self, w: Work) -> None:
+        """Batcher results -> the session's outbox (on the event loop)."""
+        s = w.session
+        if s.id not in self.sessions:
+            return  # disconnected meanwhile
+        for item in w.out:
+            if item[0] == "frames":
+                if not s.send_frames(*item[1:]):
+                    self._slow_reader(s)
+                    return
+            elif item[0] == "json":
+                s.send_text(json.dumps(item[1]), force=True)
+            elif item[0] == "close":
+                s.close(item[1], item[2])
+        if w.error is not None:
+            self._fail(s, *w.error)
+
+    def _slow_reader(self, s: LiveSession) -> None:
+        """The client does not read: close now instead of buffering without bound."""
+        self.metrics.errors["slow_reader"] += 1
+        s.dead = True
+        s.inbox.clear()
+        s.outbox.items.clear()
+        s.space.set()
+        asyncio.get_running_loop().create_task(
+            s.ws.close(CLOSE_SLOW_READER, "slow_reader: send queue full"))
+
+    async def _sender(self, s: LiveSession) -> None:
+        ws = s.ws
+        try:
+            while True:
+                item = await s.outbox.get()
+                if item[0] == "stop":
+                    return
+                if item[0] == "text":
+                    await ws.send(item[1])
+                elif item[0] == "close":
+                    await ws.close(item[1], item[2])
+                    return
+                else:
+                    _, kind, seq, index, payload, recv_us, final = item
+                    send_us = now_us()
+                    await ws.send(encode_frame(kind, seq, index, payload, s.dtype, recv_us,
+                                               send_us, final))
+                    self.metrics.record_send(payload.shape[0] if kind != 4 else 1,
+                                             (send_us - recv_us) / 1000.0)
+        except ConnectionClosed:
+            pass
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    data = json.dumps(body).encode()
+    headers = Headers([("Content-Type", "application/json"),
+                       ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
+    reason = {200: "OK", 503: "Service Unavailable"}[status]
+    return Response(status, reason, headers, data)
+
+
+async def run_server(tok: Tokenizer, host: str, port: int, config: ServerConfig | None = None,
+                     ready: Any = None) -> None:
+    """Serves until SIGINT/SIGTERM (the ``f3stream serve`` entry point)."""
+    server = await F3Server(tok, config).start(host, port)
+    if ready is not None:
+        ready(server)
+    await server.serve_until_signal()
+
+
+__all__ = ["F3Server", "ServerConfig", "run_server", "CLOSE_GOING_AWAY"]
