@@ -164,3 +164,16 @@ def test_bad_config_keys_are_rejected(tmp_path):
     bad.write_text(json.dumps({"autoencoder": {"stepz": 3}}))
     with pytest.raises(ValueError, match="stepz"):
         TrainConfig.load(bad)
+
+
+def test_augmentation_is_deterministic_and_changes_audio():
+    from training.segments import Augmentation
+
+    x = np.sin(np.arange(24000) / 10).astype(np.float32) * 0.3
+    aug = Augmentation(noise_prob=1.0, noise_snr_db=(10, 10), reverb_prob=1.0)
+    a = aug.apply(x, np.random.default_rng(3), 24000)
+    b = aug.apply(x, np.random.default_rng(3), 24000)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and a.shape == x.shape and np.isfinite(a).all()
+    assert not np.allclose(a, x, atol=1e-3)
+    np.testing.assert_array_equal(Augmentation().apply(x, np.random.default_rng(3), 24000), x)

@@ -37,7 +37,7 @@ from f3stream.model import F3Model
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
 from .losses import (LogMel, MultiResolutionDiscriminator, discriminator_loss,
                      generator_adversarial_losses, multi_resolution_stft_loss)
-from .segments import SegmentSource
+from .segments import Augmentation, SegmentSource
 
 
 @dataclass
@@ -73,13 +73,15 @@ class TrainConfig:
     manifest: str = "data/corpus/manifest.jsonl"
     seed: int = 0
     gain_db: tuple[float, float] = (-12.0, 3.0)
+    augment: Augmentation = field(default_factory=Augmentation)
     autoencoder: StageConfig = field(default_factory=StageConfig)
     representation: StageConfig = field(default_factory=StageConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         data = json.loads(Path(path).read_text())
-        known = {"model", "manifest", "seed", "gain_db", "autoencoder", "representation"}
+        known = {"model", "manifest", "seed", "gain_db", "augment", "autoencoder",
+                 "representation"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
@@ -92,7 +94,13 @@ class TrainConfig:
                 raise ValueError(f"{path}: unknown {name} keys {sorted(bad)}")
             stages[name] = StageConfig(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in s.items()})
-        return cls(model=TokenizerConfig.from_dict(data.get("model", {})),
+        aug = data.get("augment", {})
+        bad = set(aug) - set(Augmentation.__dataclass_fields__)
+        if bad:
+            raise ValueError(f"{path}: unknown augment keys {sorted(bad)}")
+        augment = Augmentation(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in aug.items()})
+        return cls(model=TokenizerConfig.from_dict(data.get("model", {})), augment=augment,
                    manifest=data.get("manifest", cls.manifest), seed=data.get("seed", 0),
                    gain_db=tuple(data.get("gain_db", (-12.0, 3.0))), **stages)
 
@@ -157,7 +165,7 @@ def load_sources(cfg: TrainConfig, stage: StageConfig, with_text: bool = False):
     seg -= seg % cfg.model.autoencoder.hop_length
     train = read_manifest(cfg.manifest, split="train")
     val = read_manifest(cfg.manifest, split="val")
-    return (SegmentSource([c.path for c in train], sr, seg, cfg.seed, cfg.gain_db),
+    return (SegmentSource([c.path for c in train], sr, seg, cfg.seed, cfg.gain_db, cfg.augment),
             SegmentSource([c.path for c in val], sr, seg, cfg.seed + 1), train, val)
 
 
