@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .audio import as_mono_float32, check_sample_rate, load_audio, to_numpy
-from .backends import Engine, create_engine
+from .backends import Engine, create_engine, cuda_capable
 from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_strict, save_checkpoint
 from .config import TokenizerConfig
 from .errors import AudioInputError
@@ -48,8 +48,9 @@ class Tokenizer:
                  device: str | torch.device | None = "cpu", backend: Backend = "torch",
                  **backend_options: Any):
         self.device = resolve_device(device)
-        if backend == "numba" and device in (None, "auto"):
-            self.device = torch.device("cpu")  # numba is CPU-only: "auto" falls back to it
+        if (device in (None, "auto") and self.device.type == "cuda"
+                and not cuda_capable(backend)):
+            self.device = torch.device("cpu")  # e.g. numba is CPU-only: "auto" falls back
         self.model = model.to(self.device).eval()
         self.info = info or {}
         self.backend = backend

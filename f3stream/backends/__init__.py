@@ -29,6 +29,19 @@ def _missing(backend: str, package: str, err: ImportError) -> BackendError:
                         f"({err}); install it with: pip install 'f3stream[{backend}]'")
 
 
+def cuda_capable(backend: str) -> bool:
+    """Whether ``backend`` can run on a CUDA GPU here (``device="auto"`` falls back if not)."""
+    if backend == "torch":
+        return True
+    if backend == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            return False
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return False
+
+
 def create_engine(backend: str, model: "F3Model", device: "torch.device", **options) -> Engine:
     """Builds the engine named ``backend`` over ``model``'s weights (read once, at load)."""
     if backend == "torch":
@@ -52,4 +65,5 @@ def create_engine(backend: str, model: "F3Model", device: "torch.device", **opti
     raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "BackendError", "Engine", "NumpyStateEngine", "create_engine"]
+__all__ = ["BACKENDS", "BackendError", "Engine", "NumpyStateEngine", "create_engine",
+           "cuda_capable"]

@@ -68,8 +68,16 @@ class CausalFraming(StreamingModule):
         if x.shape[-1] % self.hop:
             raise ValueError(f"chunk length {x.shape[-1]} is not a multiple of hop {self.hop}")
         full = torch.cat([state["history"], x], dim=-1)
-        frames = full.unfold(-1, self.frame_length, self.hop)
         keep = self.frame_length - self.hop
+        if self.frame_length % self.hop == 0:
+            # The same frames as ``unfold``, built from hop-sized segments: reshape and slice
+            # export to ONNX with a dynamic length, unfold does not.
+            m = self.frame_length // self.hop
+            seg = full.reshape(full.shape[0], -1, self.hop)
+            n = seg.shape[1] - (m - 1)
+            frames = torch.cat([seg[:, i:i + n] for i in range(m)], dim=-1)
+        else:
+            frames = full.unfold(-1, self.frame_length, self.hop)
         return frames, {"history": full[:, full.shape[-1] - keep:]}
 
 
