@@ -43,6 +43,8 @@ class StreamResult:
     messages: int = 0
     latency_ms: list[float] = field(default_factory=list)         # client send -> receive
     server_latency_ms: list[float] = field(default_factory=list)  # header send_us - recv_us
+    sample_rate: int = 24000
+    frame_rate: int = 25
 
     @property
     def n_frames(self) -> int:
@@ -189,7 +191,8 @@ class AsyncClient:
 
     def result(self) -> StreamResult:
         """Reassembles the received frames (by frame index) and the latencies."""
-        res = StreamResult()
+        res = StreamResult(sample_rate=int(self.ready.get("sample_rate", 24000)),
+                           frame_rate=int(self.ready.get("frame_rate", 25)))
         lat, rep, audio = [], [], []
         ld = int(self.ready.get("latent_dim", 0))
         for m, t in self.messages:

@@ -1,0 +1,170 @@
+"""The ``f3stream serve`` and ``f3stream stream`` subcommands.
+
+Registered into the main parser by :func:`add_subcommands`; ``websockets`` is imported only when
+one of them runs, so the rest of the CLI works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import textwrap
+from pathlib import Path
+
+from ..errors import F3StreamError
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+class LiveCLIError(F3StreamError):
+    """A serve/stream problem reported as one ``f3stream: error:`` line."""
+
+
+def _need_websockets() -> None:
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        raise LiveCLIError("this command needs the 'websockets' package: pip install "
+                           "'f3stream[server]'") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _need_websockets()
+    from ..tokenizer import Tokenizer
+    from .server import ServerConfig, run_server
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ServerConfig(max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
+                       idle_timeout=args.idle_timeout,
+                       max_session_seconds=args.max_session_seconds,
+                       send_queue=args.send_queue, token=args.token,
+                       allowed_origins=args.allowed_origin or None)
+    tok = Tokenizer.load(args.checkpoint, args.device)
+
+    def ready(server) -> None:
+        print(f"f3stream serve: listening on ws://{args.host}:{server.port} (protocol v1; "
+              f"health http://{args.host}:{server.port}/health, metrics /metrics); "
+              "Ctrl-C flushes open sessions and stops", flush=True)
+
+    asyncio.run(run_server(tok, args.host, args.port, cfg, ready))
+    print("f3stream serve: stopped", flush=True)
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    _need_websockets()
+    from ..audio import load_audio
+    from ..tokens_io import save_tokens
+    from .client import ServerError, stream_audio
+    from .protocol import percentile
+
+    inp, out = Path(args.input), Path(args.out)
+    wav, file_sr = load_audio(inp, args.sample_rate)
+    try:
+        res = asyncio.run(stream_audio(args.url, wav, chunk_ms=args.chunk_ms,
+                                       realtime=not args.as_fast_as_possible,
+                                       returns=args.returns, format=args.format,
+                                       payload_dtype=args.payload_dtype, token=args.token,
+                                       sample_rate=args.sample_rate))
+    except ServerError as e:
+        raise LiveCLIError(f"server refused the stream: {e}") from None
+    except (OSError, asyncio.TimeoutError) as e:
+        raise LiveCLIError(f"cannot stream to {args.url}: {e or type(e).__name__}") from None
+    except Exception as e:  # websockets' InvalidURI / InvalidHandshake / ConnectionClosed
+        if type(e).__module__.startswith("websockets"):
+            raise LiveCLIError(f"cannot stream to {args.url}: {e}") from None
+        raise
+    frames = res.as_encoded_frames()
+    save_tokens(out, frames, res.sample_rate, res.frame_rate)
+    summary = {"frames": res.n_frames, "messages": res.messages,
+               "audio_seconds": round(wav.size / args.sample_rate, 3),
+               "latency_ms_p50": percentile(res.latency_ms, 50),
+               "latency_ms_p99": percentile(res.latency_ms, 99),
+               "server_latency_ms_p50": percentile(res.server_latency_ms, 50),
+               "server_latency_ms_p99": percentile(res.server_latency_ms, 99),
+               "out": str(out)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        resampled = f" (resampled from {file_sr} Hz)" if file_sr != args.sample_rate else ""
+        print(f"streamed {inp}{resampled}: {res.n_frames} frames in {res.messages} messages")
+        p50, p99 = summary["latency_ms_p50"], summary["latency_ms_p99"]
+        if p50 is not None:
+            print(f"  frame latency (last sample sent -> frame received): p50 {p50:.1f} ms, "
+                  f"p99 {p99:.1f} ms")
+        print(f"  wrote {out}")
+    return 0
+
+
+def _sub(subs, name: str, help_: str, description: str, example: str,
+         parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help_, description=textwrap.fill(description, 79),
+                           parents=parents, epilog="example:\n" + example,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
+    """Adds ``serve`` and ``stream`` to the main parser's subparsers."""
+    p = _sub(subs, "serve", "run the live websocket server (protocol v1)",
+             "Serves live tokenization over websockets (docs/protocol.md): clients stream 24 "
+             "kHz audio and get each 40 ms frame's latents/representations back, or stream "
+             "latents and get audio. Concurrent sessions are batched into one model step. "
+             "GET /health and /metrics answer JSON. SIGINT/SIGTERM flush open sessions and "
+             "stop.",
+             "  f3stream serve --port 8765 --token SECRET\n", [model_parent])
+    p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default: 8765; 0 = any)")
+    p.add_argument("--max-sessions", type=int, default=256, metavar="N",
+                   help="concurrent sessions; more are refused with too_many_sessions "
+                        "(default: 256)")
+    p.add_argument("--max-message-bytes", type=int, default=1 << 20, metavar="BYTES",
+                   help="largest message accepted; bigger closes with 1009 (default: 1 MiB)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="close a session silent for this long (default: 30)")
+    p.add_argument("--max-session-seconds", type=float, default=4 * 3600.0, metavar="S",
+                   help="most audio one session may stream (default: 14400)")
+    p.add_argument("--send-queue", type=int, default=256, metavar="N",
+                   help="outgoing messages buffered per client before it is closed as a slow "
+                        "reader (default: 256)")
+    p.add_argument("--token", default=None, help="require this token in the hello")
+    p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
+                   help="accept browser connections only from this Origin (repeatable); "
+                        "clients that send no Origin are accepted")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads for the model (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    p.set_defaults(func=cmd_serve)
+
+    p = _sub(subs, "stream", "stream an audio file to a server, save the tokens",
+             "Streams an audio file (mixed down and resampled to 24 kHz locally) to an "
+             "'f3stream serve' server in real time (or as fast as possible), writes the "
+             "returned tokens as .npz (the 'f3stream encode' format) and reports frames and "
+             "latency.",
+             "  f3stream stream speech.wav --url ws://127.0.0.1:8765 --out tokens.npz\n", [])
+    p.add_argument("input", metavar="FILE", help="audio file to stream")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default: {DEFAULT_URL})")
+    p.add_argument("--out", metavar="FILE.npz", default="tokens.npz",
+                   help="output token file (default: tokens.npz)")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="do not pace the audio in real time")
+    p.add_argument("--chunk-ms", type=float, default=20.0, metavar="MS",
+                   help="audio per message (default: 20)")
+    p.add_argument("--return", dest="returns", choices=("latents", "representations", "both"),
+                   default="both", help="what to ask for (default: both)")
+    p.add_argument("--format", choices=("pcm16", "float32"), default="float32",
+                   help="wire format of the audio (default: float32)")
+    p.add_argument("--payload-dtype", choices=("float32", "float16"), default="float32",
+                   help="wire dtype of the returned frames (default: float32)")
+    p.add_argument("--sample-rate", type=int, default=24000, help=argparse.SUPPRESS)
+    p.add_argument("--token", default=None, help="token the server requires")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_stream)
+
+
+__all__ = ["add_subcommands", "cmd_serve", "cmd_stream"]
