@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint directory; default: the bundled one")
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
     p.set_defaults(func=cmd_info)
+
+    from .server.cli import add_subcommands as add_live_subcommands  # serve, stream
+    add_live_subcommands(subs, model)
     return parser
 
 
