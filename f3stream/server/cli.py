@@ -45,7 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        max_session_seconds=args.max_session_seconds,
                        send_queue=args.send_queue, token=args.token,
                        allowed_origins=args.allowed_origin or None)
-    tok = Tokenizer.load(args.checkpoint, args.device)
+    backend = getattr(args, "backend", None)  # added by the backends work, when present
+    tok = (Tokenizer.load(args.checkpoint, args.device, backend)
+           if backend not in (None, "torch") else Tokenizer.load(args.checkpoint, args.device))
 
     def ready(server) -> None:
         print(f"f3stream serve: listening on ws://{args.host}:{server.port} (protocol v1; "
