@@ -1,0 +1,292 @@
+"""``f3stream bench``: latency, real-time factor, memory and cold start of every backend.
+
+Why a built-in command: the figures that matter for streaming (per-frame latency at batch 1,
+how many real-time streams one core sustains) depend on the machine, so users should be able to
+measure them where they deploy, with the same code that produced the published table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import F3StreamError
+from .fileio import atomic_write_bytes
+
+DEFAULT_BACKENDS = ("torch", "numba", "onnx")
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+def _limit_threads(threads: int) -> None:
+    """One knob for torch, OpenMP and the BLAS that Numba's ``np.dot`` calls."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean())}
+
+
+def _speech(tok, seconds: float) -> np.ndarray:
+    """The bundled speech sample, looped to ``seconds``."""
+    from .audio import load_audio
+
+    wav, _ = load_audio(Path(__file__).parent / "assets" / "sample.wav", tok.sample_rate)
+    n = int(seconds * tok.sample_rate)
+    return np.resize(wav, n).astype(np.float32)
+
+
+def measure_backend(backend: str, checkpoint: str | None, seconds: float = 10.0,
+                    frames: int = 300, threads: int = 1) -> dict[str, Any]:
+    """Step latency (batch 1, through the session API), offline RTFs and state sizes."""
+    from .tokenizer import Tokenizer
+
+    options = {"threads": threads} if backend == "onnx" else {}
+    tok = Tokenizer.load(checkpoint, "cpu", backend, **options)
+    _limit_threads(threads)
+    hop = tok.hop_length
+    audio = _speech(tok, max(seconds, (frames + 20) * hop / tok.sample_rate))
+    enc, dec = tok.session(), tok.decoder_session()
+    for i in range(10):  # warm-up: JIT, allocator, caches
+        dec.push(enc.push(audio[i * hop:(i + 1) * hop]).latents)
+    enc_t, dec_t = [], []
+    for i in range(10, 10 + frames):
+        t0 = time.perf_counter()
+        out = enc.push(audio[i * hop:(i + 1) * hop])
+        t1 = time.perf_counter()
+        dec.push(out.latents)
+        t2 = time.perf_counter()
+        enc_t.append(t1 - t0)
+        dec_t.append(t2 - t1)
+    clip = audio[:int(seconds * tok.sample_rate)]
+    rtf_enc, rtf_dec = [], []
+    latents = None
+    for _ in range(2):
+        t0 = time.perf_counter()
+        latents = tok.tokenize(clip).latents
+        t1 = time.perf_counter()
+        tok.decode(latents)
+        t2 = time.perf_counter()
+        rtf_enc.append((t1 - t0) / seconds)
+        rtf_dec.append((t2 - t1) / seconds)
+    frame_s = 1.0 / tok.frame_rate
+    per_stream = float(np.mean(enc_t) + np.mean(dec_t))
+    return {
+        "backend": backend,
+        "encode_step": _percentiles(enc_t),        # 1 frame in: latents + representations
+        "decode_step": _percentiles(dec_t),        # 1 frame of latents in: 40 ms of audio
+        "encode_represent_rtf": min(rtf_enc),      # offline, `seconds` of audio
+        "decode_rtf": min(rtf_dec),
+        "encoder_state_bytes": enc.state_nbytes,
+        "decoder_state_bytes": dec.state_nbytes,
+        "streams_per_core": int(frame_s // per_stream),  # encode+decode, batch 1, serial
+        "encode_streams_per_core": int(frame_s // float(np.mean(enc_t))),
+        "frames": frames, "seconds": seconds,
+    }
+
+
+_COLD = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, torch
+torch.set_num_threads({threads})
+import f3stream
+tok = f3stream.load({checkpoint!r}, "cpu", {backend!r}{options})
+t1 = time.perf_counter()
+z = tok.session().push(np.zeros(tok.hop_length, np.float32)).latents
+tok.decoder_session().push(z)
+t2 = time.perf_counter()
+print(json.dumps({{"load_s": t1 - t0, "first_frame_s": t2 - t1, "total_s": t2 - t0}}))
+"""
+
+
+def measure_cold_start(backend: str, checkpoint: str | None, threads: int = 1,
+                       empty_caches: bool = False) -> dict[str, float]:
+    """A fresh process: import + load + first encoded and decoded frame. With ``empty_caches``
+    the Numba kernel cache and the ONNX export cache start empty (a first run after install)."""
+    options = f", threads={threads}" if backend == "onnx" else ""
+    code = _COLD.format(threads=threads, checkpoint=checkpoint, backend=backend,
+                        options=options)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        if empty_caches:
+            env.update(NUMBA_CACHE_DIR=tmp, F3STREAM_CACHE_DIR=tmp)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, timeout=600)
+    if res.returncode:
+        raise F3StreamError(f"cold-start run of backend {backend} failed: "
+                            f"{res.stderr.strip().splitlines()[-1:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def measure_mimi(frames: int = 100, threads: int = 1) -> dict[str, Any] | None:
+    """Kyutai Mimi (random weights, same architecture) stepped on its 80 ms frames; None when
+    the optional ``moshi`` package is not installed."""
+    try:
+        import torch
+        from moshi.models import loaders
+    except ImportError:
+        return None
+    _limit_threads(threads)
+    t0 = time.perf_counter()
+    model = loaders.get_mimi(None, device="cpu").eval()
+    build_s = time.perf_counter() - t0
+    frame = int(model.frame_size)
+    x = torch.zeros(1, 1, frame)
+    enc_t, dec_t = [], []
+    with torch.no_grad(), model.streaming(1):
+        for _ in range(5):
+            model.decode(model.encode(x))
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            codes = model.encode(x)
+            t1 = time.perf_counter()
+            model.decode(codes)
+            t2 = time.perf_counter()
+            enc_t.append(t1 - t0)
+            dec_t.append(t2 - t1)
+    frame_s = frame / model.sample_rate
+    per = float(np.mean(enc_t) + np.mean(dec_t))
+    return {"frame_ms": 1e3 * frame_s, "encode_step": _percentiles(enc_t),
+            "decode_step": _percentiles(dec_t), "rtf": per / frame_s,
+            "streams_per_core": int(frame_s // per), "build_s": build_s, "frames": frames,
+            "weights": "random (moshi.models.loaders.get_mimi(None))"}
+
+
+def run_bench(backends: list[str], checkpoint: str | None = None, seconds: float = 10.0,
+              frames: int = 300, threads: int = 1, cold_start: bool = True,
+              first_run: bool = False, mimi: bool = True) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine_info(threads),
+                              "checkpoint": checkpoint or "bundled", "backends": {}}
+    for b in backends:
+        r = measure_backend(b, checkpoint, seconds, frames, threads)
+        if cold_start:
+            r["cold_start"] = measure_cold_start(b, checkpoint, threads)
+        if first_run:
+            r["first_run"] = measure_cold_start(b, checkpoint, threads, empty_caches=True)
+        report["backends"][b] = r
+    if mimi:
+        m = measure_mimi(max(20, frames // 2), threads)
+        if m is not None:
+            report["mimi"] = m
+            for r in report["backends"].values():
+                f3_rtf = r["encode_step"]["mean_ms"] + r["decode_step"]["mean_ms"]
+                r["speedup_vs_mimi"] = m["rtf"] / (f3_rtf / 40.0)
+    return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} "
+             f"thread(s); torch {m['torch']}, Python {m['python']}.", "",
+             "| backend | encode step p50 / p99 (ms) | decode step p50 / p99 (ms) | "
+             "encode+represent RTF | decode RTF | state enc / dec (KiB) | cold start (s) | "
+             "streams / core |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["backends"].items():
+        e, d = r["encode_step"], r["decode_step"]
+        cold = r.get("cold_start", {}).get("total_s")
+        lines.append(
+            f"| {name} | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} | {d['p50_ms']:.2f} / "
+            f"{d['p99_ms']:.2f} | {r['encode_represent_rtf']:.4f} | {r['decode_rtf']:.4f} | "
+            f"{r['encoder_state_bytes'] / 1024:.0f} / {r['decoder_state_bytes'] / 1024:.0f} | "
+            f"{'-' if cold is None else f'{cold:.2f}'} | {r['streams_per_core']} |")
+    if "mimi" in report:
+        mm = report["mimi"]
+        lines += ["", f"Kyutai Mimi peer ({mm['weights']}, {mm['frame_ms']:g} ms frames): "
+                      f"encode {mm['encode_step']['p50_ms']:.1f} ms + decode "
+                      f"{mm['decode_step']['p50_ms']:.1f} ms per frame (p50), RTF "
+                      f"{mm['rtf']:.3f}, {mm['streams_per_core']} streams / core."]
+        lines += [f"- f3stream {n} is {r['speedup_vs_mimi']:.0f}x faster per second of audio "
+                  "(encode+decode, streaming, batch 1)" for n, r in report["backends"].items()
+                  if "speedup_vs_mimi" in r]
+    lines += ["", "Steps are 1 frame (40 ms) at batch 1 through the session API; the encode "
+                  "step includes the representation encoder. RTF = compute time / audio "
+                  "duration (offline, lower is faster). Streams / core = 40 ms / (mean encode "
+                  "+ mean decode step). Cold start = new process: import, load, first frame."]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .backends import BACKENDS
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise F3StreamError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if args.threads < 1:
+        raise F3StreamError("--threads must be >= 1")
+    report = run_bench(backends, args.checkpoint, args.seconds, args.frames, args.threads,
+                       cold_start=not args.no_cold_start, first_run=args.first_run,
+                       mimi=not args.no_mimi)
+    report["command"] = "f3stream bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    out = Path(args.out)
+    md = to_markdown(report)
+    atomic_write_bytes(out / "bench.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "bench.md", md.encode())
+    print(md, end="")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    return 0
+
+
+def add_bench_parser(subs, sub_factory, model_parent: argparse.ArgumentParser) -> None:
+    """Registers ``f3stream bench`` (kept here so cli.py needs a two-line hook only)."""
+    p = sub_factory(subs, "bench", "measure latency, real-time factor, memory per backend",
+                    "Measures per-frame step latency at batch 1 (p50/p99), offline encode+"
+                    "represent and decode real-time factors, state bytes per session, cold-start "
+                    "time and how many real-time streams one core sustains, for each backend; "
+                    "writes bench.json and bench.md into --out.",
+                    "  f3stream bench --threads 1 --out bench-results\n", [])
+    p.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="checkpoint directory; default: the bundled one")
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                   help="comma-separated backends to measure (default: torch,numba,onnx)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch / BLAS / ONNX Runtime (default: 1)")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="audio length for the offline RTF runs (default: 10)")
+    p.add_argument("--frames", type=int, default=300,
+                   help="frames stepped one at a time for the latency percentiles (default: 300)")
+    p.add_argument("--out", metavar="DIR", default="f3stream-bench",
+                   help="output directory for bench.json and bench.md (default: ./f3stream-bench)")
+    p.add_argument("--no-cold-start", action="store_true",
+                   help="skip the fresh-process cold-start runs")
+    p.add_argument("--first-run", action="store_true",
+                   help="also time a fresh process with empty Numba / ONNX caches")
+    p.add_argument("--no-mimi", action="store_true",
+                   help="skip the Kyutai Mimi peer even if 'moshi' is installed")
+    p.set_defaults(func=cmd_bench)

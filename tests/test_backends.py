@@ -1,0 +1,202 @@
+"""The numba and onnx engines compute what the torch model computes, behind one switch."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import f3stream
+from f3stream import F3StreamError, Tokenizer
+from f3stream.audio import load_audio
+from f3stream.backends import BackendError, create_engine
+from f3stream.checkpoint import default_checkpoint_dir
+from f3stream.model import F3Model
+
+pytest.importorskip("numba")
+pytest.importorskip("onnxruntime")
+
+TOL = 1e-4
+SR = 24000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_config):
+    torch.manual_seed(5)
+    return F3Model(tiny_config).eval()
+
+
+@pytest.fixture(scope="module")
+def toks(tiny_model, tmp_path_factory):
+    """One model, three engines."""
+    onnx_dir = tmp_path_factory.mktemp("onnx")
+    return {"torch": Tokenizer(tiny_model, {}, "cpu", "torch"),
+            "numba": Tokenizer(tiny_model, {}, "cpu", "numba"),
+            "onnx": Tokenizer(tiny_model, {}, "cpu", "onnx", export_dir=onnx_dir, threads=1)}
+
+
+def noise(seconds, seed):
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def maxdiff(a, b):
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+
+def stream(tok, wav, sizes):
+    s = tok.session()
+    outs, pos = [], 0
+    for n in sizes:
+        outs.append(s.push(wav[pos:pos + n]))
+        pos += n
+    outs.append(s.push(wav[pos:]))
+    outs.append(s.flush())
+    return (np.concatenate([o.latents for o in outs]),
+            np.concatenate([o.representations for o in outs]))
+
+
+def decode_stream(tok, z, sizes):
+    d = tok.decoder_session()
+    parts, pos = [], 0
+    for n in sizes:
+        parts.append(d.push(z[pos:pos + n]))
+        pos += n
+    parts.append(d.push(z[pos:]))
+    parts.append(d.flush())
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("backend", ["numba", "onnx"])
+def test_offline_parity_with_torch(toks, backend):
+    wav = noise(4.3, 1)  # 108 frames, the last one partial
+    ref, got = toks["torch"].tokenize(wav), toks[backend].tokenize(wav)
+    assert got.latents.shape == ref.latents.shape
+    assert got.representations.shape == ref.representations.shape
+    assert maxdiff(got.latents, ref.latents) <= TOL
+    assert maxdiff(got.representations, ref.representations) <= TOL
+    y_ref, y = toks["torch"].decode(ref.latents), toks[backend].decode(ref.latents)
+    assert y.shape == y_ref.shape
+    assert maxdiff(y, y_ref) <= TOL
+    r_ref, r = toks["torch"].represent(ref.latents), toks[backend].represent(ref.latents)
+    assert maxdiff(r, r_ref) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["numba", "onnx"])
+@pytest.mark.parametrize("sizes", [[960] * 40,                      # one frame per step
+                                   [1, 959, 2000, 7, 30000, 5],     # ragged
+                                   [9600, 19200, 123]])             # multi-frame chunks
+def test_streaming_chunkings_equal_torch_offline(toks, backend, sizes):
+    wav = noise(2.7, 2)
+    ref = toks["torch"].tokenize(wav)
+    lat, rep = stream(toks[backend], wav, sizes)
+    assert maxdiff(lat, ref.latents) <= TOL
+    assert maxdiff(rep, ref.representations) <= TOL
+    frame_sizes = [s // 960 for s in sizes if s >= 960] or [1]
+    y = decode_stream(toks[backend], ref.latents, frame_sizes)
+    assert maxdiff(y, toks["torch"].decode(ref.latents)) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["numba", "onnx"])
+def test_batched_sessions(toks, backend):
+    tok = toks[backend]
+    waves = [noise(1.2, s) for s in range(3)]
+    steps = [[1000, 0, 27800], [960, 960, 26880], [28800, 0, 0]]
+    sessions, solo = [tok.session() for _ in waves], [tok.session() for _ in waves]
+    pos = [0] * 3
+    for k in range(3):
+        chunks = []
+        for i in range(3):
+            chunks.append(waves[i][pos[i]:pos[i] + steps[i][k]])
+            pos[i] += steps[i][k]
+        batched = Tokenizer.step_sessions(sessions, chunks)
+        for i in range(3):
+            ref = solo[i].push(chunks[i])
+            assert batched[i].n_frames == ref.n_frames
+            assert batched[i].start_frame == ref.start_frame
+            if ref.n_frames:
+                assert maxdiff(batched[i].latents, ref.latents) <= 1e-5
+                assert maxdiff(batched[i].representations, ref.representations) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["numba", "onnx"])
+def test_state_layout_mirrors_torch(toks, backend):
+    ref = toks["torch"].engine.init_encode_state(2)
+    got = toks[backend].engine.init_encode_state(2)
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        assert got[k].shape == tuple(v.shape), k
+    s = toks[backend].session()
+    assert s.state_nbytes == toks["torch"].session().state_nbytes
+    dec = toks[backend].engine.init_decode_state(1)
+    assert set(dec) == set(toks["torch"].engine.init_decode_state(1))
+
+
+def test_onnx_export_is_cached_and_full_graph_matches(tiny_model, tmp_path):
+    eng = create_engine("onnx", tiny_model, torch.device("cpu"), export_dir=tmp_path, threads=1)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"encode_step", "represent_step", "decode_step", "full"}
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes left no temporaries
+    stamp = (tmp_path / "encode_step.onnx").stat().st_mtime_ns
+    create_engine("onnx", tiny_model, torch.device("cpu"), export_dir=tmp_path, threads=1)
+    assert (tmp_path / "encode_step.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
+    assert tiny_model.training is False
+    wav = noise(1.0, 3).reshape(1, -1)
+    z, r, y = eng.run_full(np.concatenate([wav, -wav]))
+    with torch.no_grad():
+        zt, rt, _ = tiny_model.encode_step(torch.from_numpy(np.concatenate([wav, -wav])),
+                                           tiny_model.init_encode_state(2))
+        _, yt = tiny_model(torch.from_numpy(np.concatenate([wav, -wav])))
+    assert maxdiff(z, zt.numpy()) <= TOL
+    assert maxdiff(r, rt.numpy()) <= TOL
+    assert maxdiff(y, yt.numpy()) <= TOL
+
+
+def test_backend_switch_and_clear_errors(monkeypatch, tiny_model):
+    tok = f3stream.load(backend="numba")
+    assert tok.backend == "numba" and tok.engine.name == "numba"
+    with pytest.raises(F3StreamError, match="unknown backend 'jax'.*torch, numba, onnx"):
+        Tokenizer(tiny_model, {}, "cpu", "jax")
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
+    with pytest.raises(BackendError, match=r"pip install 'f3stream\[numba\]'"):
+        Tokenizer(tiny_model, {}, "cpu", "numba")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendError, match=r"pip install 'f3stream\[onnx\]'"):
+        Tokenizer(tiny_model, {}, "cpu", "onnx")
+
+
+def test_numba_refuses_cuda(tiny_model):
+    with pytest.raises(F3StreamError, match="CPU only"):
+        create_engine("numba", tiny_model, torch.device("cuda"))
+
+
+def test_cli_backend_option(tmp_path, capsys):
+    from f3stream.cli import main
+
+    wav = default_checkpoint_dir().parent.parent / "assets" / "sample.wav"
+    out = tmp_path / "t.npz"
+    assert main(["encode", str(wav), "--out", str(out), "--backend", "numba",
+                 "--no-representations"]) == 0
+    assert out.exists()
+    assert main(["encode", str(wav), "--backend", "tensorflow"]) == 2
+
+
+def test_bundled_checkpoint_parity_on_speech(tmp_path):
+    """Default-size (or whatever the bundled config says) model on the bundled speech."""
+    path = default_checkpoint_dir()
+    ref = Tokenizer.load(path)
+    cfg = ref.config
+    wav, _ = load_audio(path.parent.parent / "assets" / "sample.wav", ref.sample_rate)
+    wav = wav[: int(4.5 * ref.sample_rate)]
+    out = ref.tokenize(wav)
+    y_ref = ref.decode(out.latents)
+    assert out.latents.shape[1] == cfg.autoencoder.latent_dim
+    for backend, opts in (("numba", {}), ("onnx", {"export_dir": tmp_path, "threads": 1})):
+        tok = Tokenizer(ref.model, ref.info, "cpu", backend, **opts)
+        hop = tok.hop_length
+        lat, rep = stream(tok, wav, [hop] * 30 + [5 * hop + 17])  # per frame, then chunks
+        assert maxdiff(lat, out.latents) <= TOL, backend
+        assert maxdiff(rep, out.representations) <= TOL, backend
+        y = decode_stream(tok, out.latents, [1] * 20 + [7])
+        assert maxdiff(y, y_ref) <= TOL, backend
