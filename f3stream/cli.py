@@ -50,7 +50,7 @@ def _load_tokenizer(args: argparse.Namespace) -> Tokenizer:
         if not torch.cuda.is_available():
             raise CLIError("--device cuda was requested but no CUDA GPU is available; use "
                            "--device auto (GPU if present, else CPU) or --device cpu")
-    return Tokenizer.load(args.checkpoint, device)
+    return Tokenizer.load(args.checkpoint, device, getattr(args, "backend", "torch"))
 
 
 def _checkpoint_label(args: argparse.Namespace) -> str:
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", choices=("cpu", "auto", "cuda"), default="cpu",
                        help="where to run the model; auto = CUDA if available, else CPU "
                             "(default: cpu)")
+    model.add_argument("--backend", choices=("torch", "numba", "onnx"), default="torch",
+                       help="inference engine: torch (reference), numba (compiled CPU kernels) "
+                            "or onnx (ONNX Runtime); default: torch")
 
     parser = argparse.ArgumentParser(
         prog="f3stream",
@@ -383,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .server.cli import add_subcommands as add_live_subcommands  # serve, stream
     add_live_subcommands(subs, model)
+    from .bench import add_bench_parser  # bench
+    add_bench_parser(subs, _sub, model)
     return parser
 
 
