@@ -1,0 +1,126 @@
+"""pytest-benchmark suite: per-frame latency, RTF, state memory and cold start per backend.
+
+Run (one thread, as published in docs/benchmarks.md):
+    OMP_NUM_THREADS=1 python -m pytest benchmarks --benchmark-enable -p no:cacheprovider
+``f3stream bench`` measures the same figures without pytest and writes JSON + markdown.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from f3stream import Tokenizer
+from f3stream.bench import _limit_threads, _speech, measure_cold_start, measure_mimi
+
+BACKENDS = ["torch", "numba", "onnx"]
+THREADS = 1
+SECONDS = 10.0
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def tok(request):
+    backend = request.param
+    if backend != "torch":
+        pytest.importorskip(backend if backend == "numba" else "onnxruntime")
+    t = Tokenizer.load(None, "cpu", backend, **({"threads": THREADS} if backend == "onnx" else {}))
+    _limit_threads(THREADS)
+    return t
+
+
+def _p99(benchmark):
+    data = getattr(benchmark.stats, "stats", benchmark.stats).data
+    if data:
+        benchmark.extra_info["p50_ms"] = float(np.percentile(data, 50) * 1e3)
+        benchmark.extra_info["p99_ms"] = float(np.percentile(data, 99) * 1e3)
+
+
+def test_encode_step_latency(benchmark, tok):
+    """One 40 ms frame in -> latents + representations, batch 1, session API."""
+    audio = _speech(tok, 20.0)
+    hop = tok.hop_length
+    s = tok.session()
+    pos = iter(range(0, audio.size - hop, hop))
+
+    def step():
+        i = next(pos)
+        return s.push(audio[i:i + hop])
+
+    for _ in range(10):
+        step()
+    benchmark.pedantic(step, rounds=300, iterations=1)
+    _p99(benchmark)
+
+
+def test_decode_step_latency(benchmark, tok):
+    """One frame of latents in -> 40 ms of audio out, batch 1, session API."""
+    z = tok.encode(_speech(tok, 14.0))
+    d = tok.decoder_session()
+    rows = iter(range(z.shape[0]))
+
+    def step():
+        i = next(rows)
+        return d.push(z[i:i + 1])
+
+    for _ in range(10):
+        step()
+    benchmark.pedantic(step, rounds=300, iterations=1)
+    _p99(benchmark)
+
+
+def test_encode_represent_rtf(benchmark, tok):
+    clip = _speech(tok, SECONDS)
+    benchmark.pedantic(tok.tokenize, args=(clip,), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["rtf"] = benchmark.stats.stats.min / SECONDS
+
+
+def test_decode_rtf(benchmark, tok):
+    z = tok.encode(_speech(tok, SECONDS))
+    benchmark.pedantic(tok.decode, args=(z,), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["rtf"] = benchmark.stats.stats.min / SECONDS
+
+
+def test_state_bytes_per_session(benchmark, tok):
+    enc, dec = tok.session(), tok.decoder_session()
+    benchmark.extra_info["encoder_state_bytes"] = enc.state_nbytes
+    benchmark.extra_info["decoder_state_bytes"] = dec.state_nbytes
+    benchmark(tok.session)  # the cost of opening a session (allocating its state)
+    assert enc.state_nbytes > 0 and dec.state_nbytes > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cold_start(benchmark, backend):
+    """Fresh process: import + load + first encoded and decoded frame (caches warm)."""
+    result = benchmark.pedantic(measure_cold_start, args=(backend, None, THREADS), rounds=2,
+                                iterations=1)
+    benchmark.extra_info.update(result)
+
+
+def test_streams_per_core(benchmark, tok):
+    """How many real-time streams (encode + decode, batch 1, served round-robin) fit in one
+    core: 40 ms / the time one frame of every stage takes."""
+    audio = _speech(tok, 12.0)
+    hop = tok.hop_length
+    enc, dec = tok.session(), tok.decoder_session()
+
+    def frame(i=[0]):
+        a = (i[0] % 250) * hop
+        i[0] += 1
+        dec.push(enc.push(audio[a:a + hop]).latents)
+
+    for _ in range(10):
+        frame()
+    benchmark.pedantic(frame, rounds=200, iterations=1)
+    benchmark.extra_info["streams_per_core"] = int((1.0 / tok.frame_rate)
+                                                   // benchmark.stats.stats.mean)
+
+
+def test_mimi_peer(benchmark):
+    """Kyutai Mimi (random weights) stepped on 80 ms frames, if ``moshi`` is installed."""
+    pytest.importorskip("moshi")
+    torch.set_num_threads(THREADS)
+    result = benchmark.pedantic(measure_mimi, kwargs={"frames": 40, "threads": THREADS},
+                                rounds=1, iterations=1)
+    benchmark.extra_info.update({"rtf": result["rtf"],
+                                 "streams_per_core": result["streams_per_core"],
+                                 "encode_p50_ms": result["encode_step"]["p50_ms"],
+                                 "decode_p50_ms": result["decode_step"]["p50_ms"]})
