@@ -386,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .server.cli import add_subcommands as add_live_subcommands  # serve, stream
     add_live_subcommands(subs, model)
+    from .evaluation.cli import add_subcommand as add_eval_subcommand  # eval
+    add_eval_subcommand(subs, model)
     from .bench import add_bench_parser  # bench
     add_bench_parser(subs, _sub, model)
     return parser
