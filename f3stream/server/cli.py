@@ -131,9 +131,9 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                    help="close a session silent for this long (default: 30)")
     p.add_argument("--max-session-seconds", type=float, default=4 * 3600.0, metavar="S",
                    help="most audio one session may stream (default: 14400)")
-    p.add_argument("--send-queue", type=int, default=256, metavar="N",
-                   help="outgoing messages buffered per client before it is closed as a slow "
-                        "reader (default: 256)")
+    p.add_argument("--send-queue", type=int, default=500, metavar="N",
+                   help="outgoing frames buffered per client before it is closed as a slow "
+                        "reader (default: 500 = 20 s)")
     p.add_argument("--token", default=None, help="require this token in the hello")
     p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
                    help="accept browser connections only from this Origin (repeatable); "

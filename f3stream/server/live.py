@@ -54,26 +54,42 @@ class Work:
 
 
 class Outbox:
-    """A bounded FIFO of outgoing items; ``put`` refuses (returns False) when full unless
-    forced, so a slow reader is detected instead of buffered without limit."""
+    """A FIFO of outgoing items bounded by the frames it holds: ``put`` refuses (returns False)
+    when a frame message would exceed the limit, so a slow reader is detected instead of
+    buffered without bound. A message is always accepted into an empty outbox (one big push
+    must not deadlock), and control items can be forced in."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit_frames: int):
+        self.limit = limit_frames
         self.items: deque[tuple] = deque()
+        self.frames = 0
         self.ready = asyncio.Event()
 
-    def put(self, item: tuple, force: bool = False) -> bool:
-        if not force and len(self.items) >= self.limit:
+    def put(self, item: tuple, force: bool = False, frames: int = 0) -> bool:
+        if not force and self.frames and self.frames + frames > self.limit:
             return False
         self.items.append(item)
+        self.frames += frames
         self.ready.set()
         return True
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.frames = 0
 
     async def get(self) -> tuple:
         while not self.items:
             self.ready.clear()
             await self.ready.wait()
-        return self.items.popleft()
+        item = self.items.popleft()
+        if item[0] == "frames":
+            self.frames -= _n_frames(item)
+        return item
+
+
+def _n_frames(item: tuple) -> int:
+    """Frames in a ("frames", kind, seq, index, payload, ...) item (audio counts as one)."""
+    return 1 if item[1] == 4 else int(item[4].shape[0])
 
 
 class LiveSession:
@@ -136,7 +152,7 @@ class LiveSession:
                     final: bool = False) -> bool:
         """Queues a binary frame message; False if the outbox is full (slow reader)."""
         item = ("frames", kind, self.seq, frame_index, payload, recv_us, final)
-        if not self.outbox.put(item):
+        if not self.outbox.put(item, frames=_n_frames(item)):
             return False
         self.seq += 1
         return True

@@ -40,7 +40,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20
     idle_timeout: float = 30.0                 # also the time allowed for the hello
     max_session_seconds: float = 4 * 3600.0    # audio (or latent frames) per connection
-    send_queue: int = 256                      # outgoing messages buffered per connection
+    send_queue: int = 500                      # outgoing frames buffered per connection
     max_pending_seconds: float = 10.0          # input buffered before reading pauses
     token: str | None = None
     allowed_origins: list[str] | None = None
@@ -284,7 +284,7 @@ class F3Server:
         self.metrics.errors["slow_reader"] += 1
         s.dead = True
         s.inbox.clear()
-        s.outbox.items.clear()
+        s.outbox.clear()
         s.space.set()
         asyncio.get_running_loop().create_task(
             s.ws.close(CLOSE_SLOW_READER, "slow_reader: send queue full"))

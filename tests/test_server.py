@@ -1,0 +1,461 @@
+"""The live websocket server (f3stream.server) on an ephemeral loopback port with the tiny
+tokenizer: streamed frames equal offline tokenization, sessions are isolated, hostile input
+gets its documented error code without disturbing other clients, no sessions leak, decode
+equals Tokenizer.decode, and shutdown flushes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("websockets")
+
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+
+from f3stream.server.client import (AsyncClient, Client, ServerError,  # noqa: E402
+                                    decode_latents_remote, stream_audio)
+from f3stream.server.server import F3Server, ServerConfig  # noqa: E402
+
+TOL = 1e-5
+
+
+def run(coro, timeout: float = 60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@contextlib.asynccontextmanager
+async def serving(tok, **cfg):
+    srv = await F3Server(tok, ServerConfig(**cfg)).start("127.0.0.1", 0)
+    try:
+        yield srv, f"ws://127.0.0.1:{srv.port}"
+    finally:
+        await srv.shutdown()
+
+
+def noise(seed: int, n: int) -> np.ndarray:
+    return (np.random.RandomState(seed).randn(n) * 0.1).astype(np.float32)
+
+
+async def stream_chunks(url, wav, chunk_sizes, **kw):
+    """Streams ``wav`` cut at the given sizes (cycled), as fast as possible."""
+    async with AsyncClient(url, **kw) as c:
+        a, i = 0, 0
+        while a < wav.size:
+            n = chunk_sizes[i % len(chunk_sizes)]
+            await c.send_audio(wav[a:a + n])
+            a, i = a + n, i + 1
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        await c.close()
+        assert c.error is None, c.error
+        return c.result()
+
+
+def assert_matches(tok, wav, res, returns="both"):
+    ref = tok.tokenize(wav, representations=returns != "latents")
+    if returns in ("latents", "both"):
+        assert res.latents.shape == ref.latents.shape
+        assert np.abs(res.latents - ref.latents).max() <= TOL
+    if returns in ("representations", "both"):
+        assert res.representations.shape == ref.representations.shape
+        assert np.abs(res.representations - ref.representations).max() <= TOL
+
+
+async def good_client(tok, url, seed=0, n=24000):
+    """A well-behaved client whose output is checked against offline tokenization."""
+    wav = noise(seed, n)
+    res = await stream_chunks(url, wav, [1000, 333, 2500])
+    assert_matches(tok, wav, res)
+
+
+# -- correctness ------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("returns", ["latents", "representations", "both"])
+def test_stream_equals_offline(tiny_tokenizer, seed, returns):
+    rng = np.random.RandomState(seed)
+    wav = noise(seed, int(rng.randint(1, 3 * 24000)))
+    sizes = [int(s) for s in rng.randint(1, 4000, size=5)]
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            return await stream_chunks(url, wav, sizes, returns=returns)
+
+    assert_matches(tiny_tokenizer, wav, run(main()), returns)
+
+
+def test_pcm16_and_float16_payload(tiny_tokenizer):
+    pcm = (noise(5, 30000) * 32767).astype(np.int16)
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            a = await stream_chunks(url, pcm, [777], format="pcm16")
+            b = await stream_chunks(url, pcm, [1920], format="pcm16", payload_dtype="float16")
+            return a, b
+
+    a, b = run(main())
+    ref = tiny_tokenizer.tokenize(pcm)
+    assert np.abs(a.latents - ref.latents).max() <= TOL
+    np.testing.assert_allclose(b.latents, ref.latents, rtol=2e-3, atol=2e-3)
+
+
+def test_flush_reset_and_realtime_latency(tiny_tokenizer):
+    w1, w2 = noise(1, 5000), noise(2, 4000)
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            async with AsyncClient(url, returns="latents") as c:
+                await c.send_audio(w1)
+                await c.flush()
+                first = c.result()
+                await c.reset()
+                c.messages.clear()
+                await c.send_audio(w2)
+                await c.flush()
+                second = c.result()
+            rt = await stream_audio(url, noise(3, 12000), chunk_ms=20, realtime=True,
+                                    returns="latents")
+            return first, second, rt
+
+    first, second, rt = run(main())
+    assert_matches(tiny_tokenizer, w1, first, "latents")
+    assert_matches(tiny_tokenizer, w2, second, "latents")
+    assert rt.latents.shape[0] == 13 and len(rt.latency_ms) >= 10
+    assert all(0 <= x < 1000 for x in rt.latency_ms)
+
+
+def test_concurrent_interleaved_clients_equal_alone(tiny_tokenizer):
+    wavs = [noise(10 + i, 9000 + 3111 * i) for i in range(8)]
+
+    async def main():
+        async with serving(tiny_tokenizer) as (srv, url):
+            res = await asyncio.gather(*[stream_chunks(url, w, [480 + 97 * i, 1500])
+                                         for i, w in enumerate(wavs)])
+            return res, srv.metrics
+
+    results, metrics = run(main())
+    for w, r in zip(wavs, results):
+        assert_matches(tiny_tokenizer, w, r)
+    assert metrics.sessions_total == 8
+
+
+def test_decode_direction_equals_tokenizer_decode(tiny_tokenizer):
+    lat = tiny_tokenizer.encode(noise(7, 20000))
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            a = await decode_latents_remote(url, lat, frames_per_message=1)
+            b = await decode_latents_remote(url, lat, frames_per_message=4)
+            return a, b
+
+    ref = tiny_tokenizer.decode(lat)
+    for audio in run(main()):
+        assert audio.shape == ref.shape
+        assert np.abs(audio - ref).max() <= TOL
+
+
+# -- hostile input ----------------------------------------------------------------------------
+HELLO = {"type": "hello", "version": 1, "sample_rate": 24000, "format": "pcm16"}
+
+
+def hello(**kw):
+    return json.dumps({**HELLO, **kw})
+
+
+async def raw_exchange(url, messages, pause: float = 0.0, **connect_kw):
+    """Sends raw messages; returns (every text message received, close code)."""
+    texts = []
+    async with connect(url, compression=None, **connect_kw) as ws:
+        try:
+            for m in messages:
+                await ws.send(m)
+                if pause:
+                    await asyncio.sleep(pause)
+        except ConnectionClosed:
+            pass
+        try:
+            async for msg in ws:
+                if isinstance(msg, str):
+                    texts.append(json.loads(msg))
+        except ConnectionClosed:
+            pass
+    return texts, ws.close_code
+
+
+NAN_F32 = np.array([0.1, np.nan], "<f4").tobytes()
+HOSTILE = {
+    "malformed_json": (["{not json"], "bad_json", 4000),
+    "json_array": (["[1, 2, 3]"], "bad_json", 4000),
+    "unknown_hello_field": ([hello(colour="red")], "unknown_field", 4000),
+    "binary_before_hello": ([b"\x00\x01"], "not_ready", 4000),
+    "control_before_hello": ([json.dumps({"type": "flush"})], "not_ready", 4000),
+    "wrong_sample_rate": ([hello(sample_rate=16000)], "bad_sample_rate", 4000),
+    "wrong_version": ([hello(version=9)], "unsupported_version", 4000),
+    "bad_field": ([hello(format="mp3")], "bad_field", 4000),
+    "odd_pcm16_bytes": ([hello(), b"\x00" * 101], "bad_audio", 4004),
+    "nan_float32": ([hello(format="float32"), NAN_F32], "bad_audio", 4004),
+    "inf_float32": ([hello(format="float32"), np.array([np.inf], "<f4").tobytes()],
+                    "bad_audio", 4004),
+    "bad_latent_bytes": ([hello(direction="decode"), b"\x00" * 12], "bad_latents", 4004),
+    "nan_latents": ([hello(direction="decode"), np.full(64, np.nan, "<f4").tobytes()],
+                    "bad_latents", 4004),
+    "unknown_control": ([hello(), json.dumps({"type": "rewind"})], "unknown_type", 4000),
+    "control_extra_field": ([hello(), json.dumps({"type": "reset", "x": 1})],
+                            "unknown_field", 4000),
+    "duplicate_hello": ([hello(), hello()], "duplicate_hello", 4000),
+    "audio_after_flush": ([hello(), b"\x00" * 200, json.dumps({"type": "flush"}),
+                           b"\x00" * 200], "session_closed", 4000),
+    "wrong_token": ([hello(token="nope")], "unauthorized", 4001),
+    "missing_token": ([hello()], "unauthorized", 4001),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_input_gets_error_code_and_others_unaffected(tiny_tokenizer, case):
+    messages, code, close_code = HOSTILE[case]
+    token = "s3cret" if "token" in case else None
+
+    async def main():
+        async with serving(tiny_tokenizer, token=token) as (srv, url):
+            async def good():
+                if token:  # the good client knows the token
+                    wav = noise(0, 24000)
+                    res = await stream_chunks(url, wav, [1000], token=token)
+                    assert_matches(tiny_tokenizer, wav, res)
+                else:
+                    await good_client(tiny_tokenizer, url)
+
+            (texts, got_close), _ = await asyncio.gather(raw_exchange(url, messages), good())
+            await good()  # the server still serves afterwards
+            return texts, got_close, srv
+
+    texts, got_close, srv = run(main())
+    errors = [t for t in texts if t.get("type") == "error"]
+    assert errors and errors[-1]["code"] == code, texts
+    assert isinstance(errors[-1]["message"], str) and errors[-1]["message"]
+    assert got_close == close_code
+    assert srv.metrics.errors[code] >= 1
+
+
+def test_oversized_message_closes_1009(tiny_tokenizer):
+    async def main():
+        async with serving(tiny_tokenizer, max_message_bytes=16384) as (_, url):
+            (_, code), _ = await asyncio.gather(
+                raw_exchange(url, [hello(), b"\x00" * 20000]), good_client(tiny_tokenizer, url))
+            (_, code2), _ = await asyncio.gather(
+                raw_exchange(url, ["x" * 20000]), good_client(tiny_tokenizer, url))
+            return code, code2
+
+    assert run(main()) == (1009, 1009)
+
+
+def test_limits_sessions_idle_length(tiny_tokenizer):
+    async def main():
+        async with serving(tiny_tokenizer, max_sessions=2, idle_timeout=0.3,
+                           max_session_seconds=0.5) as (srv, url):
+            # idle: a session that says nothing after its hello, and a connection with no hello
+            idle, _ = await raw_exchange(url, [hello()])
+            silent, silent_code = await raw_exchange(url, [])
+            # length: 0.6 s of audio in 0.1 s messages
+            chunk = np.zeros(2400, "<i2").tobytes()
+            long_, long_code = await raw_exchange(url, [hello()] + [chunk] * 6)
+            # sessions: two open sessions, the third is refused
+            a = await AsyncClient(url).__aenter__()
+            b = await AsyncClient(url).__aenter__()
+            with pytest.raises(ServerError) as e:
+                await AsyncClient(url).__aenter__()
+            await a.disconnect()
+            await b.disconnect()
+            return idle, silent, silent_code, long_, long_code, e.value
+
+    idle, silent, silent_code, long_, long_code, refused = run(main())
+    assert idle[-1]["code"] == "idle_timeout"
+    assert silent[-1]["code"] == "idle_timeout" and silent_code == 4010
+    assert long_[-1]["code"] == "session_too_long" and long_code == 4009
+    assert refused.code == "too_many_sessions" and refused.close_code == 1013
+
+
+def test_allowed_origins(tiny_tokenizer):
+    async def main():
+        async with serving(tiny_tokenizer, allowed_origins=["https://ok.example"]) as (_, url):
+            with pytest.raises(InvalidStatus) as e:
+                await raw_exchange(url, [hello()], origin="https://evil.example")
+            async with AsyncClient(url) as c:  # no Origin header: a non-browser client
+                await c.send_audio(noise(0, 960))
+                await c.flush()
+            texts, _ = await raw_exchange(url, [hello(), json.dumps({"type": "close"})],
+                                          origin="https://ok.example")
+            return e.value.response.status_code, texts, c.result()
+
+    status, texts, res = run(main())
+    assert status == 403
+    assert texts[0]["type"] == "ready" and texts[-1]["type"] == "flushed"
+    assert res.latents.shape[0] == 1
+
+
+def test_abrupt_disconnects_leak_no_sessions(tiny_tokenizer):
+    n = 200
+
+    async def rude(url, i):
+        ws = await connect(url, compression=None)
+        if i % 4 == 0:           # drop right after connecting
+            ws.transport.abort()
+            return
+        await ws.send(hello(format="float32"))
+        if i % 4 == 1:           # drop after the hello
+            ws.transport.abort()
+            return
+        await ws.send(noise(i, 1000 + 37 * i).tobytes())
+        if i % 4 == 3:           # drop mid-message (half a websocket frame written)
+            ws.transport.write(b"\x82\x7e\x10\x00" + b"\x00" * 100)
+        ws.transport.abort()     # drop with frames possibly in flight
+
+    async def main():
+        async with serving(tiny_tokenizer) as (srv, url):
+            sem = asyncio.Semaphore(25)
+
+            async def one(i):
+                async with sem:
+                    await rude(url, i)
+            await asyncio.gather(*[one(i) for i in range(n)])
+            await good_client(tiny_tokenizer, url)
+            for _ in range(100):
+                if not srv.sessions and not srv._ws.connections:
+                    break
+                await asyncio.sleep(0.05)
+            return len(srv.sessions), len(srv._ws.connections), srv.metrics.sessions_total
+
+    sessions, connections, total = run(main())
+    assert sessions == 0 and connections == 0
+    assert total >= n // 2
+
+
+def test_slow_reader_is_closed_not_buffered(tiny_tokenizer):
+    wav = noise(4, 24000 * 400)
+
+    async def main():
+        async with serving(tiny_tokenizer, send_queue=4, max_pending_seconds=0.2,
+                           close_timeout=10) as (srv, url):
+            # a client that never reads, with a tiny socket receive buffer so the kernel
+            # does not absorb megabytes first
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", srv.port))
+            async with connect(url, sock=sock, compression=None, max_queue=1) as ws:
+                await ws.send(hello(format="float32", **{"return": "both"}))
+                try:  # never read: socket buffers fill, then the server's bounded outbox
+                    for i, row in enumerate(wav.reshape(-1, 960)):
+                        await ws.send(row.tobytes())
+                        if i % 20 == 0:
+                            await asyncio.sleep(0)
+                        if srv.metrics.errors["slow_reader"]:
+                            break
+                except ConnectionClosed:
+                    pass
+                for _ in range(200):
+                    if srv.metrics.errors["slow_reader"]:
+                        break
+                    await asyncio.sleep(0.05)
+                with contextlib.suppress(ConnectionClosed):
+                    async for _ in ws:  # drain: the close frame comes after buffered data
+                        pass
+                code = ws.close_code
+            await good_client(tiny_tokenizer, url)
+            return code, srv.metrics.errors["slow_reader"], len(srv.sessions)
+
+    code, count, _ = run(main(), timeout=60)
+    assert count == 1 and code == 4008
+
+
+# -- endpoints, shutdown, sync client, CLI ----------------------------------------------------
+def test_health_and_metrics(tiny_tokenizer):
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            await good_client(tiny_tokenizer, url)
+            base = url.replace("ws://", "http://")
+            get = lambda p: json.loads(urllib.request.urlopen(base + p, timeout=5).read())  # noqa
+            return await asyncio.to_thread(get, "/health"), await asyncio.to_thread(
+                get, "/metrics")
+
+    health, metrics = run(main())
+    assert health["status"] == "ok" and health["protocol_version"] == 1
+    assert metrics["frames_total"] == 25 and metrics["latency_ms"]["p50"] is not None
+    assert {"sessions", "frames_per_second", "latency_ms"} <= set(metrics)
+
+
+def test_graceful_shutdown_flushes_open_sessions(tiny_tokenizer):
+    wavs = [noise(20 + i, 960 * 3 + 100 * i + 1) for i in range(3)]
+
+    async def main():
+        srv = await F3Server(tiny_tokenizer).start("127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{srv.port}"
+        clients = [await AsyncClient(url).__aenter__() for _ in wavs]
+        for c, w in zip(clients, wavs):
+            await c.send_audio(w)
+        await asyncio.sleep(0.2)
+        await srv.shutdown()
+        for c in clients:
+            await asyncio.wait_for(c._closed.wait(), 10)
+        with pytest.raises(OSError):
+            await connect(url, open_timeout=2)
+        return [(c.result(), c.ws.close_code, c.error) for c in clients]
+
+    for w, (res, code, err) in zip(wavs, run(main())):
+        assert code == 1001 and err is None
+        assert_matches(tiny_tokenizer, w, res)   # the zero-padded last frame arrived too
+
+
+def test_sync_client_and_cli(tiny_tokenizer, tmp_path):
+    """The blocking client and ``f3stream stream`` against a server in another thread."""
+    from f3stream.cli import main as cli_main
+    from f3stream.audio import load_audio, write_audio
+    from f3stream.tokens_io import load_tokens
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box = {}
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        box["srv"] = loop.run_until_complete(F3Server(tiny_tokenizer).start("127.0.0.1", 0))
+        started.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert started.wait(10)
+    srv = box["srv"]
+    url = f"ws://127.0.0.1:{srv.port}"
+    try:
+        wav = noise(9, 7000)
+        with Client(url, returns="both") as c:
+            for a in range(0, wav.size, 1234):
+                c.send_audio(wav[a:a + 1234])
+            res = c.flush()
+        assert_matches(tiny_tokenizer, wav, res)
+
+        audio = tmp_path / "in.wav"
+        write_audio(audio, wav, 24000)
+        out = tmp_path / "tokens.npz"
+        rc = cli_main(["stream", str(audio), "--url", url, "--out", str(out),
+                       "--as-fast-as-possible", "--format", "pcm16"])
+        assert rc == 0
+        tokens = load_tokens(out)
+        ref = tiny_tokenizer.tokenize(load_audio(audio, 24000)[0])
+        assert np.abs(tokens.latents - ref.latents).max() <= TOL
+        assert tokens.sample_rate == 24000 and tokens.frame_rate == 25
+        # a refused stream is one clear error line, exit status 2
+        assert cli_main(["stream", str(audio), "--url", url.rsplit(":", 1)[0] + ":1",
+                         "--out", str(out)]) == 2
+    finally:
+        asyncio.run_coroutine_threadsafe(srv.shutdown(), loop).result(20)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
