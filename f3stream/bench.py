@@ -70,53 +70,112 @@ def _speech(tok, seconds: float) -> np.ndarray:
     return np.resize(wav, n).astype(np.float32)
 
 
-def measure_backend(backend: str, checkpoint: str | None, seconds: float = 10.0,
-                    frames: int = 300, threads: int = 1) -> dict[str, Any]:
-    """Step latency (batch 1, through the session API), offline RTFs and state sizes."""
+def measure_backends(backends: list[str], checkpoint: str | None, seconds: float = 10.0,
+                     frames: int = 300, threads: int = 1) -> dict[str, dict[str, Any]]:
+    """Step latency (batch 1, through the session API), offline RTFs, state sizes and batched
+    capacity. Backends are *interleaved* frame by frame and run by run, so on a shared or
+    throttled machine they all see the same conditions and their ratios stay meaningful."""
     from .tokenizer import Tokenizer
 
-    options = {"threads": threads} if backend == "onnx" else {}
-    tok = Tokenizer.load(checkpoint, "cpu", backend, **options)
+    toks = {b: Tokenizer.load(checkpoint, "cpu", b, **({"threads": threads} if b == "onnx"
+                                                         else {})) for b in backends}
     _limit_threads(threads)
-    hop = tok.hop_length
-    audio = _speech(tok, max(seconds, (frames + 20) * hop / tok.sample_rate))
-    enc, dec = tok.session(), tok.decoder_session()
-    for i in range(10):  # warm-up: JIT, allocator, caches
-        dec.push(enc.push(audio[i * hop:(i + 1) * hop]).latents)
-    enc_t, dec_t = [], []
-    for i in range(10, 10 + frames):
-        t0 = time.perf_counter()
-        out = enc.push(audio[i * hop:(i + 1) * hop])
-        t1 = time.perf_counter()
-        dec.push(out.latents)
-        t2 = time.perf_counter()
-        enc_t.append(t1 - t0)
-        dec_t.append(t2 - t1)
-    clip = audio[:int(seconds * tok.sample_rate)]
-    rtf_enc, rtf_dec = [], []
-    latents = None
+    any_tok = next(iter(toks.values()))
+    hop = any_tok.hop_length
+    audio = _speech(any_tok, max(seconds, (frames + 20) * hop / any_tok.sample_rate))
+    sessions = {b: (t.session(), t.decoder_session()) for b, t in toks.items()}
+    enc_t: dict[str, list[float]] = {b: [] for b in toks}
+    dec_t: dict[str, list[float]] = {b: [] for b in toks}
+    for i in range(10 + frames):
+        chunk = audio[i * hop:(i + 1) * hop]
+        for b, (enc, dec) in sessions.items():
+            t0 = time.perf_counter()
+            out = enc.push(chunk)
+            t1 = time.perf_counter()
+            dec.push(out.latents)
+            t2 = time.perf_counter()
+            if i >= 10:  # the first frames warm up JIT, allocator and caches
+                enc_t[b].append(t1 - t0)
+                dec_t[b].append(t2 - t1)
+    clip = audio[:int(seconds * any_tok.sample_rate)]
+    rtf_enc: dict[str, list[float]] = {b: [] for b in toks}
+    rtf_dec: dict[str, list[float]] = {b: [] for b in toks}
     for _ in range(2):
-        t0 = time.perf_counter()
-        latents = tok.tokenize(clip).latents
-        t1 = time.perf_counter()
-        tok.decode(latents)
-        t2 = time.perf_counter()
-        rtf_enc.append((t1 - t0) / seconds)
-        rtf_dec.append((t2 - t1) / seconds)
-    frame_s = 1.0 / tok.frame_rate
-    per_stream = float(np.mean(enc_t) + np.mean(dec_t))
-    return {
-        "backend": backend,
-        "encode_step": _percentiles(enc_t),        # 1 frame in: latents + representations
-        "decode_step": _percentiles(dec_t),        # 1 frame of latents in: 40 ms of audio
-        "encode_represent_rtf": min(rtf_enc),      # offline, `seconds` of audio
-        "decode_rtf": min(rtf_dec),
-        "encoder_state_bytes": enc.state_nbytes,
-        "decoder_state_bytes": dec.state_nbytes,
-        "streams_per_core": int(frame_s // per_stream),  # encode+decode, batch 1, serial
-        "encode_streams_per_core": int(frame_s // float(np.mean(enc_t))),
-        "frames": frames, "seconds": seconds,
-    }
+        for b, tok in toks.items():
+            t0 = time.perf_counter()
+            latents = tok.tokenize(clip).latents
+            t1 = time.perf_counter()
+            tok.decode(latents)
+            t2 = time.perf_counter()
+            rtf_enc[b].append((t1 - t0) / seconds)
+            rtf_dec[b].append((t2 - t1) / seconds)
+    batched = batched_streams(toks)
+    frame_s = 1.0 / any_tok.frame_rate
+    out: dict[str, dict[str, Any]] = {}
+    for b in toks:
+        enc, dec = sessions[b]
+        per_stream = float(np.mean(enc_t[b]) + np.mean(dec_t[b]))
+        out[b] = {
+            "backend": b,
+            "encode_step": _percentiles(enc_t[b]),  # 1 frame in: latents + representations
+            "decode_step": _percentiles(dec_t[b]),  # 1 frame of latents in: 40 ms of audio
+            "encode_represent_rtf": min(rtf_enc[b]),  # offline, `seconds` of audio
+            "decode_rtf": min(rtf_dec[b]),
+            "encoder_state_bytes": enc.state_nbytes,
+            "decoder_state_bytes": dec.state_nbytes,
+            "streams_per_core": int(frame_s // per_stream),  # encode+decode, batch 1, serial
+            "encode_streams_per_core": int(frame_s // float(np.mean(enc_t[b]))),
+            "batched_streams_per_core": batched[b]["streams"],
+            "batched_tick_ms": batched[b]["tick_ms_by_batch"],
+            "frames": frames, "seconds": seconds,
+        }
+    return out
+
+
+def batched_streams(toks: dict, max_streams: int = 256, budget_s: float | None = None,
+                    repeats: int = 5) -> dict[str, dict[str, Any]]:
+    """Streams one core keeps real-time when their frames are stepped together (one batched
+    encode+represent+decode per 40 ms tick, as ``Tokenizer.step_sessions`` batches): doubles
+    the batch until a tick no longer fits in ``budget_s`` (default: one frame period)."""
+    any_tok = next(iter(toks.values()))
+    hop = any_tok.hop_length
+    budget = budget_s if budget_s is not None else 1.0 / any_tok.frame_rate
+    audio = _speech(any_tok, 4.0)
+    res = {b: {"streams": 0, "tick_ms_by_batch": {}, "budget_ms": budget * 1e3} for b in toks}
+
+    def ticks(backends: list[str], n: int) -> None:
+        states = {b: (toks[b].engine.init_encode_state(n, True),
+                      toks[b].engine.init_decode_state(n)) for b in backends}
+        times: dict[str, list[float]] = {b: [] for b in backends}
+        for i in range(repeats + 2):
+            wav = np.repeat(audio[None, i * hop:(i + 1) * hop], n, axis=0)
+            for b in backends:
+                eng = toks[b].engine
+                enc, dec = states[b]
+                t0 = time.perf_counter()
+                z, _, enc = eng.encode_step(wav, enc)
+                _, dec = eng.decode_step(z, dec)
+                times[b].append(time.perf_counter() - t0)
+                states[b] = (enc, dec)
+        for b in backends:
+            tick = float(np.median(times[b][2:]))
+            res[b]["tick_ms_by_batch"][str(n)] = tick * 1e3
+            if tick <= budget:
+                res[b]["streams"] = max(res[b]["streams"], n)
+
+    live, n = list(toks), 1
+    while live and n <= max_streams:  # doubling, all backends interleaved
+        ticks(live, n)
+        live = [b for b in live if res[b]["streams"] == n]
+        n *= 2
+    for b in toks:  # then bisect between the last batch that fit and the first that did not
+        lo = res[b]["streams"]
+        hi = min(2 * lo, max_streams + 1) if lo else 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            ticks([b], mid)
+            lo, hi = (mid, hi) if res[b]["streams"] >= mid else (lo, mid)
+    return res
 
 
 _COLD = """
@@ -192,8 +251,9 @@ def run_bench(backends: list[str], checkpoint: str | None = None, seconds: float
               first_run: bool = False, mimi: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(threads),
                               "checkpoint": checkpoint or "bundled", "backends": {}}
+    measured = measure_backends(backends, checkpoint, seconds, frames, threads)
     for b in backends:
-        r = measure_backend(b, checkpoint, seconds, frames, threads)
+        r = measured[b]
         if cold_start:
             r["cold_start"] = measure_cold_start(b, checkpoint, threads)
         if first_run:
@@ -215,7 +275,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"thread(s); torch {m['torch']}, Python {m['python']}.", "",
              "| backend | encode step p50 / p99 (ms) | decode step p50 / p99 (ms) | "
              "encode+represent RTF | decode RTF | state enc / dec (KiB) | cold start (s) | "
-             "streams / core |",
+             "streams / core (serial / batched) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in report["backends"].items():
         e, d = r["encode_step"], r["decode_step"]
@@ -224,7 +284,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} | {d['p50_ms']:.2f} / "
             f"{d['p99_ms']:.2f} | {r['encode_represent_rtf']:.4f} | {r['decode_rtf']:.4f} | "
             f"{r['encoder_state_bytes'] / 1024:.0f} / {r['decoder_state_bytes'] / 1024:.0f} | "
-            f"{'-' if cold is None else f'{cold:.2f}'} | {r['streams_per_core']} |")
+            f"{'-' if cold is None else f'{cold:.2f}'} | {r['streams_per_core']} / "
+            f"{r['batched_streams_per_core']} |")
     if "mimi" in report:
         mm = report["mimi"]
         lines += ["", f"Kyutai Mimi peer ({mm['weights']}, {mm['frame_ms']:g} ms frames): "
@@ -236,8 +297,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                   if "speedup_vs_mimi" in r]
     lines += ["", "Steps are 1 frame (40 ms) at batch 1 through the session API; the encode "
                   "step includes the representation encoder. RTF = compute time / audio "
-                  "duration (offline, lower is faster). Streams / core = 40 ms / (mean encode "
-                  "+ mean decode step). Cold start = new process: import, load, first frame."]
+                  "duration (offline, lower is faster). Streams / core, serial = 40 ms / (mean "
+                  "encode + mean decode step of one session); batched = the largest power-of-"
+                  "two number of sessions whose frames, stepped together (encode+represent+"
+                  "decode), still take under 40 ms. Cold start = new process: import, load, first frame."]
     return "\n".join(lines) + "\n"
 
 
