@@ -36,6 +36,7 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
 def test_si_sdr_scaled_copy_is_huge_and_noise_is_low():
     x = speechlike(1.0)
     assert si_sdr(x, 0.3 * x) > 80
+    assert si_sdr(x, x) == 100.0  # capped, not +inf
     assert si_sdr(x, x + 0.001 * np.random.default_rng(1).standard_normal(x.size)) > 30
     noise = np.random.default_rng(2).standard_normal(x.size).astype(np.float32)
     assert si_sdr(x, noise) < -20
@@ -233,3 +234,61 @@ def test_eval_cli_reports_a_missing_manifest(tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("f3stream: error: manifest not found")
+
+
+def test_eval_cli_on_a_folder_without_probes(tmp_path, tiny_config):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    pytest.importorskip("matplotlib")
+    from f3stream import Tokenizer
+    from f3stream.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    Tokenizer.from_config(tiny_config, seed=0).save(ckpt, {"trained": False})
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "long.wav", speechlike(1.0), 16000)       # resampled to 24 kHz on load
+    sf.write(audio / "short.flac", speechlike(0.1, seed=1), SR)  # too short for PESQ/STOI
+    (audio / "long.txt").write_text("hello world")
+    out = tmp_path / "report"
+    assert main(["eval", "--checkpoint", str(ckpt), "--audio-dir", str(audio), "--out", str(out),
+                 "--asr-sources", "no-such-source", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "folder" and "probes" not in report
+    assert report["intelligibility"]["per_source"] == {}   # ASR restricted to another source
+    folder = report["reconstruction"]["folder"]
+    assert folder["clips"] == 2 and folder["pesq_wb"]["skipped"] == 1
+    assert folder["stoi"]["skipped"] == 1 and folder["mel_l1"]["n"] == 2
+    assert (out / "reconstruction.png").is_file() and not (out / "probes.png").exists()
+
+
+class _IdentityCodec:
+    """A perfect "codec" (latents are the samples themselves) for checking that the evaluation
+    pipeline aligns and scores a flawless reconstruction at the ceiling."""
+    sample_rate, frame_rate, hop_length = SR, 25, 960
+    latent_dim, representation_dim = 960, 8
+
+    def tokenize(self, wav, representations=True):
+        from f3stream.session import EncodedFrames
+        pad = (-wav.size) % self.hop_length
+        z = np.concatenate([wav, np.zeros(pad, np.float32)]).reshape(-1, self.hop_length)
+        return EncodedFrames(0, z, z[:, :self.representation_dim].copy())
+
+    def decode(self, latents):
+        return latents.reshape(-1)
+
+
+def test_a_perfect_codec_scores_at_the_ceiling(tmp_path):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    from f3stream.evaluation import EvalOptions, run_evaluation
+
+    path = tmp_path / "a.wav"
+    sf.write(path, speechlike(1.3), SR, subtype="FLOAT")
+    report = run_evaluation(_IdentityCodec(), EvalOptions(
+        clips=[EvalClip(str(path), "", "s", "test", "x")], out=tmp_path / "r", asr=False,
+        plots=False, progress=False))
+    r = report["reconstruction"]["x"]
+    assert r["pesq_wb"]["mean"] > 4.4 and r["stoi"]["mean"] > 0.99
+    assert r["mel_l1"]["mean"] == 0.0
+    assert r["si_sdr"]["mean"] == 100.0  # the cap

@@ -49,6 +49,9 @@ def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> argparse.Argu
                         "probe-test from --split; default: 600)")
     p.add_argument("--no-probes", action="store_true", help="skip the linear probes")
     p.add_argument("--no-asr", action="store_true", help="skip pocketsphinx (WER)")
+    p.add_argument("--asr-sources", metavar="SRC,...", default=None,
+                   help="run pocketsphinx only on clips of these sources, e.g. "
+                        "klettres-data (it is the slow part; default: all)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--seed", type=int, default=0, help="clip sub-sampling seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -118,6 +121,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  "clips_evaluated": len(clips)})
     report = run_evaluation(tok, EvalOptions(
         clips=clips, out=out, probe_train=probe_train, probe_test=probe_test,
+        asr_sources=(frozenset(s.strip() for s in args.asr_sources.split(",") if s.strip())
+                     if args.asr_sources else None),
         asr=not args.no_asr, plots=not args.no_plots, progress=not args.quiet, meta=meta))
     if tok.info.get("trained") is False:
         print("note: the checkpoint is UNTRAINED; these numbers are a floor, not a result")

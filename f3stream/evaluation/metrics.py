@@ -26,6 +26,7 @@ MEL_N_FFT = 1024
 MEL_HOP = 256
 MEL_BANDS = 100
 LOG_FLOOR = 1e-5
+SI_SDR_CAP = 100.0         # dB: a perfect copy scores this, not +inf (JSON has no inf)
 
 
 # -- SI-SDR ------------------------------------------------------------------------------------
@@ -33,7 +34,8 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant SDR (dB) over the common length, both signals made zero-mean.
 
     Invariant to the estimate's gain, so a codec that changes loudness is not punished for it.
-    NaN for a silent reference (undefined); +inf for an exact scaled copy.
+    NaN for a silent reference (undefined); clipped to +-``SI_SDR_CAP`` (an exact scaled copy
+    gives the cap rather than +inf, so it still counts in averages).
     """
     n = min(reference.size, estimate.size)
     s = reference[:n].astype(np.float64) - reference[:n].mean()
@@ -45,10 +47,10 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     noise = float(np.sum((e - target) ** 2))
     t = float(np.dot(target, target))
     if noise == 0.0:
-        return math.inf
+        return SI_SDR_CAP
     if t == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(t / noise)
+        return -SI_SDR_CAP
+    return max(-SI_SDR_CAP, min(SI_SDR_CAP, 10.0 * math.log10(t / noise)))
 
 
 # -- log-mel -----------------------------------------------------------------------------------

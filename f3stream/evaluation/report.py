@@ -41,6 +41,7 @@ class EvalOptions:
     probe_train: list[EvalClip] = field(default_factory=list)
     probe_test: list[EvalClip] = field(default_factory=list)
     asr: bool = True
+    asr_sources: frozenset[str] | None = None  # None: every source
     plots: bool = True
     progress: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +121,8 @@ def _reconstruct(tok, opts: EvalOptions, feats: _Features, timing: dict
             "mel_l1": log_mel_l1(wav, rec, sr), "si_sdr": si_sdr(wav, rec),
         }
         t2 = time.perf_counter()
-        if recognizer is not None:
+        if recognizer is not None and (opts.asr_sources is None
+                                       or clip.source in opts.asr_sources):
             row["asr_original"] = recognizer.transcribe(wav, sr)
             row["asr_reconstruction"] = recognizer.transcribe(rec, sr)
             for key, ref, hyp in (("wer_original", clip.text, row["asr_original"]),
@@ -157,6 +159,9 @@ def _aggregate(rows: list[dict], asr: bool) -> dict[str, Any]:
         intel = {}
         for src, rs in groups.items():
             entry = {}
+            if not any("asr_original" in r for r in rs):
+                continue
+            rs = [r for r in rs if "asr_original" in r]
             for key, ref_key, hyp_key in (
                     ("wer_original", "text", "asr_original"),
                     ("wer_reconstruction", "text", "asr_reconstruction"),
