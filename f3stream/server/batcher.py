@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -106,7 +107,7 @@ class Batcher:
     """Runs rounds of model work whenever sessions have input; see the module docstring."""
 
     def __init__(self, tok: Tokenizer, sessions: Callable[[], Iterable[LiveSession]],
-                 deliver: Callable[[Work], None], on_batch: Callable[[int], None]):
+                 deliver: Callable[[Work], None], on_batch: Callable[[int, float], None]):
         self.tok = tok
         self.sessions = sessions
         self.deliver = deliver
@@ -128,11 +129,12 @@ class Batcher:
                      for w in [s.take_work()] if w is not None]
             if not items:
                 continue
-            self.on_batch(sum(1 for w in items if w.data is not None))
+            t0 = time.perf_counter()
             try:
                 done = await loop.run_in_executor(self.executor, compute, self.tok, items)
             except RuntimeError:  # executor shut down under us: the server is stopping
                 return
+            self.on_batch(sum(1 for w in items if w.data is not None), time.perf_counter() - t0)
             for w in done:
                 self.deliver(w)
             if any(s.inbox for s in self.sessions()):

@@ -27,6 +27,7 @@ class Metrics:
         self.batched_sessions_total = 0
         self.errors: Counter[str] = Counter()
         self.latency_ms: deque[float] = deque(maxlen=latency_samples)
+        self.step_ms: deque[float] = deque(maxlen=latency_samples)
         self._sent: deque[tuple[float, int]] = deque()
 
     def record_send(self, n_frames: int, latency_ms: float) -> None:
@@ -37,9 +38,10 @@ class Metrics:
         self._sent.append((now, n_frames))
         self._trim(now)
 
-    def record_batch(self, n_sessions: int) -> None:
+    def record_batch(self, n_sessions: int, seconds: float) -> None:
         self.batches_total += 1
         self.batched_sessions_total += n_sessions
+        self.step_ms.append(seconds * 1000.0)
 
     def _trim(self, now: float) -> None:
         while self._sent and self._sent[0][0] < now - WINDOW_S:
@@ -66,6 +68,8 @@ class Metrics:
                            "max": max(lat) if lat else None, "samples": len(lat),
                            "what": "server receive of the input that completed a frame -> "
                                    "send of its message"},
+            "model_step_ms": {"p50": percentile(list(self.step_ms), 50),
+                              "p99": percentile(list(self.step_ms), 99)},
             "errors": dict(self.errors),
             "uptime_s": round(time.monotonic() - self.started, 1),
         }

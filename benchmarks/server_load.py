@@ -1,0 +1,121 @@
+"""Bounded load test of ``f3stream serve``: N concurrent real-time clients on loopback.
+
+Starts the server in a subprocess (so clients and server do not share an event loop), runs N
+clients that each stream noise in real time in 20 ms chunks for DURATION seconds, and reports
+frames lost (expected minus received; must be 0), client-side frame latency (the send of the
+chunk that completed a frame -> that frame's arrival) and the server's own receive -> send
+latency from the frame headers.
+
+    python benchmarks/server_load.py --clients 100 --duration 20 --return latents
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+
+from f3stream.server.client import AsyncClient
+from f3stream.server.protocol import percentile
+
+SR, HOP = 24000, 960
+
+
+async def one_client(url: str, seed: int, duration: float, chunk_ms: float, returns: str,
+                     start_delay: float) -> dict:
+    await asyncio.sleep(start_delay)  # stagger starts so frames do not all align
+    rng = np.random.RandomState(seed)
+    n = int(duration * SR)
+    wav = (rng.randn(n) * 0.1).astype(np.float32)
+    step = int(SR * chunk_ms / 1000)
+    async with AsyncClient(url, returns=returns, format="pcm16") as c:
+        t0 = time.perf_counter()
+        late = 0
+        for i, a in enumerate(range(0, n, step)):
+            delay = t0 + i * chunk_ms / 1000 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -chunk_ms / 1000:
+                late += 1
+            await c.send_audio(wav[a:a + step])
+        await c.close(timeout=60)
+        res = c.result()
+        err = c.error
+    return {"expected": math.ceil(n / HOP), "received": res.n_frames,
+            "latency": res.latency_ms, "server_latency": res.server_latency_ms,
+            "late_sends": late, "error": str(err) if err else None}
+
+
+def start_server(args) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "f3stream", "serve", "--port", "0", "--quiet",
+           "--threads", str(args.threads), "--max-sessions", str(args.clients + 10)]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    m = re.search(r"ws://[\d.]+:(\d+)", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, int(m.group(1))
+
+
+async def run(args, port: int) -> dict:
+    url = f"ws://127.0.0.1:{port}"
+    results = await asyncio.gather(*[
+        one_client(url, i, args.duration, args.chunk_ms, args.returns,
+                   (i / args.clients) * 0.04) for i in range(args.clients)])
+    lat = [x for r in results for x in r["latency"]]
+    slat = [x for r in results for x in r["server_latency"]]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+        metrics = json.loads(f.read())
+    return {
+        "clients": args.clients, "duration_s": args.duration, "return": args.returns,
+        "chunk_ms": args.chunk_ms, "server_threads": args.threads,
+        "frames_expected": sum(r["expected"] for r in results),
+        "frames_received": sum(r["received"] for r in results),
+        "frames_lost": sum(r["expected"] - r["received"] for r in results),
+        "client_errors": [r["error"] for r in results if r["error"]],
+        "late_client_sends": sum(r["late_sends"] for r in results),
+        "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
+                       "max": max(lat) if lat else None},
+        "server_latency_ms": {"p50": percentile(slat, 50), "p99": percentile(slat, 99)},
+        "server_mean_batch_sessions": metrics.get("mean_batch_sessions"),
+        "server_model_step_ms": metrics.get("model_step_ms"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of audio per client")
+    p.add_argument("--chunk-ms", type=float, default=20.0)
+    p.add_argument("--return", dest="returns", default="latents",
+                   choices=("latents", "representations", "both"))
+    p.add_argument("--threads", type=int, default=1, help="server torch threads")
+    p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
+    args = p.parse_args()
+    proc, port = start_server(args)
+    try:
+        report = asyncio.run(asyncio.wait_for(run(args, port), args.duration * 3 + 60))
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
