@@ -250,11 +250,13 @@ def test_eval_cli_on_a_folder_without_probes(tmp_path, tiny_config):
     sf.write(audio / "long.wav", speechlike(1.0), 16000)       # resampled to 24 kHz on load
     sf.write(audio / "short.flac", speechlike(0.1, seed=1), SR)  # too short for PESQ/STOI
     (audio / "long.txt").write_text("hello world")
+    (audio / "broken.wav").write_bytes(b"RIFF not really")            # reported, not fatal
     out = tmp_path / "report"
     assert main(["eval", "--checkpoint", str(ckpt), "--audio-dir", str(audio), "--out", str(out),
                  "--asr-sources", "no-such-source", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["mode"] == "folder" and "probes" not in report
+    assert list(report["unreadable_clips"]) == [str(audio / "broken.wav")]
     assert report["intelligibility"]["per_source"] == {}   # ASR restricted to another source
     folder = report["reconstruction"]["folder"]
     assert folder["clips"] == 2 and folder["pesq_wb"]["skipped"] == 1

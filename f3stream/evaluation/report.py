@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import load_audio
+from ..errors import AudioInputError
 from ..fileio import atomic_write_bytes
 from .clips import ALSA_SOURCE, EvalClip, subsample
 from .errors import EvalError
@@ -81,6 +82,7 @@ class _Features:
     def __init__(self, tok):
         self.tok = tok
         self.cache: dict[str, dict[str, np.ndarray]] = {}
+        self.failed: dict[str, str] = {}  # path -> why it could not be read (skipped)
 
     def add(self, clip: EvalClip, wav: np.ndarray, latents: np.ndarray, reps: np.ndarray) -> None:
         self.cache[clip.path] = {"representations": reps.mean(axis=0),
@@ -90,7 +92,11 @@ class _Features:
     def ensure(self, clips: list[EvalClip], progress: bool) -> None:
         todo = [c for c in dict.fromkeys(clips) if c.path not in self.cache]
         for clip in _progress(todo, "probe features", progress and bool(todo)):
-            wav, _ = load_audio(clip.path, self.tok.sample_rate)
+            try:
+                wav, _ = load_audio(clip.path, self.tok.sample_rate)
+            except AudioInputError as e:
+                self.failed[clip.path] = str(e)
+                continue
             frames = self.tok.tokenize(wav, representations=True)
             self.add(clip, wav, frames.latents, frames.representations)
 
@@ -108,7 +114,11 @@ def _reconstruct(tok, opts: EvalOptions, feats: _Features, timing: dict
     sr = tok.sample_rate
     for clip in _progress(opts.clips, "reconstruct", opts.progress):
         t0 = time.perf_counter()
-        wav, file_sr = load_audio(clip.path, sr)
+        try:  # one unreadable or empty file is reported, not fatal
+            wav, file_sr = load_audio(clip.path, sr)
+        except AudioInputError as e:
+            feats.failed[clip.path] = str(e)
+            continue
         frames = tok.tokenize(wav, representations=True)
         rec = tok.decode(frames.latents)[:wav.size]
         t1 = time.perf_counter()
@@ -192,6 +202,10 @@ def _probe(tok, opts: EvalOptions, feats: _Features, timing: dict) -> dict[str, 
     t1 = time.perf_counter()
     tasks, skipped = {}, {}
     for name, (tr_c, tr_y, te_c, te_y, desc) in splits.items():
+        tr_y = [y for c, y in zip(tr_c, tr_y) if c.path in feats.cache]
+        tr_c = [c for c in tr_c if c.path in feats.cache]
+        te_y = [y for c, y in zip(te_c, te_y) if c.path in feats.cache]
+        te_c = [c for c in te_c if c.path in feats.cache]
         n_classes = len(set(tr_y))
         if n_classes < 2 or not te_c:
             skipped[name] = (f"not enough labelled clips ({len(tr_c)} probe-train in "
@@ -258,6 +272,9 @@ def run_evaluation(tok, opts: EvalOptions) -> dict[str, Any]:
     feats = _Features(tok)
     rows, example = _reconstruct(tok, opts, feats, timing)
     timing["reconstruction_loop_s"] = time.perf_counter() - start
+    if not rows:
+        raise EvalError(f"none of the {len(opts.clips)} clips could be read, e.g. "
+                        f"{next(iter(feats.failed.items()))}")
     report: dict[str, Any] = dict(opts.meta)
     report.update(_aggregate(rows, opts.asr))
     probes = None
@@ -269,6 +286,7 @@ def run_evaluation(tok, opts: EvalOptions) -> dict[str, Any]:
         report["plots"] = _plots(tok, opts.out, example, probes)
         timing["plots_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - start
+    report["unreadable_clips"] = feats.failed
     timing["per_clip_s"] = timing["reconstruction_loop_s"] / len(rows)
     report["timing"] = timing
     available = report.get("clips_available")
