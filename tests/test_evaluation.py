@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -294,3 +295,19 @@ def test_a_perfect_codec_scores_at_the_ceiling(tmp_path):
     assert r["pesq_wb"]["mean"] > 4.4 and r["stoi"]["mean"] > 0.99
     assert r["mel_l1"]["mean"] == 0.0
     assert r["si_sdr"]["mean"] == 100.0  # the cap
+
+
+def test_missing_optional_package_names_the_extra():
+    from f3stream.evaluation.errors import require
+
+    with pytest.raises(EvalError, match=r"pip install 'f3stream\[eval\]'"):
+        require("surely_not_an_installed_module_f3", "Something")
+
+
+def test_the_eval_parser_imports_nothing_heavy_and_not_training():
+    code = ("import sys, argparse; from f3stream.evaluation.cli import add_subcommand; "
+            "p = argparse.ArgumentParser(); add_subcommand(p.add_subparsers(), "
+            "argparse.ArgumentParser(add_help=False)); "
+            "bad = [m for m in ('pesq', 'pystoi', 'pocketsphinx', 'matplotlib', 'training') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
