@@ -24,7 +24,7 @@ class BackendError(F3StreamError, ValueError):
     """An unknown backend was requested, or its optional packages are not installed."""
 
 
-def _missing(backend: str, package: str, err: ImportError) -> BackendError:
+def missing_package(backend: str, package: str, err: ImportError) -> BackendError:
     return BackendError(f"backend {backend!r} needs the optional package {package!r} "
                         f"({err}); install it with: pip install 'f3stream[{backend}]'")
 
@@ -51,15 +51,14 @@ def create_engine(backend: str, model: "F3Model", device: "torch.device", **opti
         try:
             import numba  # noqa: F401
         except ImportError as e:
-            raise _missing("numba", "numba", e) from None
+            raise missing_package("numba", "numba", e) from None
         from .numba_backend import NumbaEngine
         return NumbaEngine(model, device)
     if backend == "onnx":
-        for pkg in ("onnx", "onnxruntime"):
-            try:
-                __import__(pkg)
-            except ImportError as e:
-                raise _missing("onnx", pkg, e) from None
+        try:
+            import onnxruntime  # noqa: F401  (``onnx`` itself is only needed to export)
+        except ImportError as e:
+            raise missing_package("onnx", "onnxruntime", e) from None
         from .onnx_backend import OnnxEngine
         return OnnxEngine(model, device, **options)
     raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

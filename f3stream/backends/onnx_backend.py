@@ -141,6 +141,12 @@ def export_onnx(model: F3Model, out_dir: str | os.PathLike, exporter: str = "tor
 
 
 def _export_all(model: F3Model, out: Path, exporter: str) -> Path:
+    for pkg in ("onnx",) + (("onnxscript",) if exporter == "dynamo" else ()):
+        try:
+            __import__(pkg)
+        except ImportError as e:
+            from . import missing_package
+            raise missing_package("onnx", pkg, e) from None
     ae = model.cfg.autoencoder
     hop = ae.hop_length
     graphs: dict[str, Any] = {}
