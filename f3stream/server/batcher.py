@@ -136,7 +136,12 @@ class Batcher:
                 return
             self.on_batch(sum(1 for w in items if w.data is not None), time.perf_counter() - t0)
             for w in done:
-                self.deliver(w)
+                try:
+                    self.deliver(w)
+                except Exception:  # noqa: BLE001 - the loop must survive any one session
+                    log.exception("delivering to session %s failed", w.session.id)
+                    w.session.dead = True
+                    w.session.inbox.clear()
             if any(s.inbox for s in self.sessions()):
                 self.wake.set()
 

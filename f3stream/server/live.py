@@ -84,6 +84,8 @@ class Outbox:
         item = self.items.popleft()
         if item[0] == "frames":
             self.frames -= _n_frames(item)
+        elif item[0] == "text":
+            self.frames -= 1
         return item
 
 
@@ -96,14 +98,14 @@ class LiveSession:
     """A connected, handshaken client."""
 
     def __init__(self, sid: int, ws: Any, hello: Hello, coder: Any, outbox_limit: int,
-                 sample_rate: int):
+                 control_cost: int):
         self.id = sid
         self.ws = ws
         self.hello = hello
         self.coder = coder                 # EncoderSession or DecoderSession
         self.encoder = hello.direction == "encode"
         self.dtype = DTYPES[hello.payload_dtype]
-        self.sample_rate = sample_rate
+        self.control_cost = control_cost   # what a queued control op counts as in `pending`
         self.inbox: deque[Op] = deque()
         self.outbox = Outbox(outbox_limit)
         self.pending = 0                   # samples (or frames) queued, not yet processed
@@ -123,11 +125,13 @@ class LiveSession:
             self.total_in += n
             self.position += n
             op.end_sample = self.position
-        elif op.kind == "reset":
-            self.position = 0
-            self.stream_open = True
-        elif op.kind in ("flush", "close", "shutdown"):
-            self.stream_open = False
+        else:  # control ops count too, so a flood of them also meets backpressure
+            self.pending += self.control_cost
+            if op.kind == "reset":
+                self.position = 0
+                self.stream_open = True
+            else:
+                self.stream_open = False
         self.inbox.append(op)
 
     def take_work(self) -> Work | None:
@@ -140,6 +144,8 @@ class LiveSession:
             parts.append(op.data)
             marks.append((op.end_sample, op.recv_us))
         control = self.inbox.popleft() if self.inbox else None
+        if control is not None:
+            self.pending -= self.control_cost
         data = None
         if parts:
             data = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -158,7 +164,8 @@ class LiveSession:
         return True
 
     def send_text(self, text: str, force: bool = False) -> bool:
-        return self.outbox.put(("text", text), force=force)
+        """Queues a text message (counted as one frame); False if the outbox is full."""
+        return self.outbox.put(("text", text), force=force, frames=1)
 
     def fail(self, code: str, message: str) -> None:
         """Sends an error and closes with the code's close code; further input is ignored."""

@@ -99,6 +99,11 @@ class F3Server:
                 s.enqueue(Op("shutdown", now_us()))
                 s.dead = True  # no more input
         self.batcher.wake.set()
+        in_session = {id(s.ws) for s in self.sessions.values()}
+        for conn in list(self._ws.connections):  # still in the handshake: just close
+            if id(conn) not in in_session:
+                asyncio.get_running_loop().create_task(
+                    conn.close(CLOSE_GOING_AWAY, "server shutting down"))
         try:
             await asyncio.wait_for(self._ws.wait_closed(), self.cfg.shutdown_timeout)
         except asyncio.TimeoutError:
@@ -195,7 +200,8 @@ class F3Server:
         coder = (self.tok.session(representations=hello.wants_representations)
                  if hello.direction == "encode" else self.tok.decoder_session())
         sid = next(self._ids)
-        session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue, self.tok.sample_rate)
+        session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue,
+                              self.tok.hop_length if hello.direction == "encode" else 1)
         self.sessions[sid] = session
         self.metrics.sessions_total += 1
         session.send_text(json.dumps(self._ready(session)), force=True)
@@ -273,7 +279,9 @@ class F3Server:
                     self._slow_reader(s)
                     return
             elif item[0] == "json":
-                s.send_text(json.dumps(item[1]), force=True)
+                if not s.send_text(json.dumps(item[1])):
+                    self._slow_reader(s)
+                    return
             elif item[0] == "close":
                 s.close(item[1], item[2])
         if w.error is not None:
