@@ -81,7 +81,9 @@ def test_resume_continues_exactly(corpus, tmp_path):
     cfg = tiny_cfg(corpus)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train_autoencoder(cfg, straight, resume=False)
-    train_autoencoder(cfg, killed, resume=False, max_steps=3)     # "killed" after step 3
+    train_autoencoder(cfg, killed, resume=False, max_steps=3)     # checkpoint at step 3
+    train_autoencoder(cfg, killed, resume=False, max_steps=5)     # killed at 5, no checkpoint
+    (killed / "autoencoder/checkpoints/latest").write_text("step-0000003")
     train_autoencoder(cfg, killed, resume=True)
     a = load_file(str(straight / "export/model.safetensors"))
     b = load_file(str(killed / "export/model.safetensors"))

@@ -102,6 +102,7 @@ def train_representation(cfg: TrainConfig, out: Path, resume: bool,
     val_batches = [val.batch(np.random.default_rng([cfg.seed, 10**9, i]), stage.batch_size)
                    for i in range(4)]
     log = CsvLog(stage_dir / "log.csv", rank == 0)
+    log.truncate_after(start)
     stage_dir.mkdir(parents=True, exist_ok=True)
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="representation",

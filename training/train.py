@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from f3stream.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from f3stream.config import TokenizerConfig
+from f3stream.fileio import atomic_write_bytes
 from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
@@ -131,6 +132,15 @@ class CsvLog:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop rows logged after the checkpoint (they will be logged again), so
+        a killed-and-resumed run's log reads like an uninterrupted one."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+        atomic_write_bytes(self.path, "".join(keep).encode())
+
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -202,6 +212,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     val_batches = [b.to(device) for b in val_src.fixed_batches(4, stage.batch_size)]
     logmel = LogMel(cfg.model.autoencoder.sample_rate).to(device)
     log = CsvLog(stage_dir / "log.csv", rank == 0)
+    log.truncate_after(start)
     stage_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         print(f"stage 0: {sum(p.numel() for p in ae.parameters()) / 1e6:.2f} M parameters, "
