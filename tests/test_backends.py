@@ -200,3 +200,17 @@ def test_bundled_checkpoint_parity_on_speech(tmp_path):
         assert maxdiff(rep, out.representations) <= TOL, backend
         y = decode_stream(tok, out.latents, [1] * 20 + [7])
         assert maxdiff(y, y_ref) <= TOL, backend
+
+
+def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
+    from f3stream.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--backends", "numba", "--frames", "5", "--seconds", "0.5",
+                 "--no-cold-start", "--no-mimi", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    r = report["backends"]["numba"]
+    assert r["encoder_state_bytes"] > 0 and r["encode_step"]["p50_ms"] > 0
+    assert r["batched_streams_per_core"] >= 0
+    assert "| numba |" in (out / "bench.md").read_text()
+    assert main(["bench", "--backends", "numba,jax", "--out", str(out)]) == 2
