@@ -214,3 +214,17 @@ def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
     assert r["batched_streams_per_core"] >= 0
     assert "| numba |" in (out / "bench.md").read_text()
     assert main(["bench", "--backends", "numba,jax", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_also_matches(tiny_model, tmp_path):
+    """The torch.export-based exporter (slow: ~20-45 s) gives the same graphs' numbers."""
+    pytest.importorskip("onnxscript")
+    tok = Tokenizer(tiny_model, {}, "cpu", "onnx", export_dir=tmp_path, exporter="dynamo",
+                    threads=1)
+    ref = Tokenizer(tiny_model, {}, "cpu", "torch")
+    wav = noise(2.0, 4)
+    a = ref.tokenize(wav)
+    lat, rep = stream(tok, wav, [960] * 10 + [4800])
+    assert maxdiff(lat, a.latents) <= TOL and maxdiff(rep, a.representations) <= TOL
+    assert maxdiff(tok.decode(a.latents), ref.decode(a.latents)) <= TOL
