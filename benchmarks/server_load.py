@@ -60,6 +60,8 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
            "--threads", str(args.threads), "--max-sessions", str(args.clients + 10)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.gil_switch_interval is not None:
+        cmd += ["--gil-switch-interval", str(args.gil_switch_interval)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
@@ -82,6 +84,8 @@ async def run(args, port: int) -> dict:
     return {
         "clients": args.clients, "duration_s": args.duration, "return": args.returns,
         "chunk_ms": args.chunk_ms, "server_threads": args.threads,
+        "gil_switch_interval": args.gil_switch_interval,
+        "load_average_at_end": os.getloadavg(),
         "frames_expected": sum(r["expected"] for r in results),
         "frames_received": sum(r["received"] for r in results),
         "frames_lost": sum(r["expected"] - r["received"] for r in results),
@@ -104,6 +108,8 @@ def main() -> None:
                    choices=("latents", "representations", "both"))
     p.add_argument("--threads", type=int, default=1, help="server torch threads")
     p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
+    p.add_argument("--gil-switch-interval", type=float, default=None,
+                   help="passed to the server (default: the server's default)")
     args = p.parse_args()
     proc, port = start_server(args)
     try:

@@ -44,7 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        idle_timeout=args.idle_timeout,
                        max_session_seconds=args.max_session_seconds,
                        send_queue=args.send_queue, token=args.token,
-                       allowed_origins=args.allowed_origin or None)
+                       allowed_origins=args.allowed_origin or None,
+                       gil_switch_interval=args.gil_switch_interval)
     backend = getattr(args, "backend", None)  # added by the backends work, when present
     tok = (Tokenizer.load(args.checkpoint, args.device, backend)
            if backend not in (None, "torch") else Tokenizer.load(args.checkpoint, args.device))
@@ -140,6 +141,8 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                         "clients that send no Origin are accepted")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="torch CPU threads for the model (default: torch's choice)")
+    p.add_argument("--gil-switch-interval", type=float, default=0.0005, metavar="S",
+                   help=argparse.SUPPRESS)  # see ServerConfig.gil_switch_interval
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.set_defaults(func=cmd_serve)
 

@@ -114,6 +114,7 @@ class LiveSession:
         self.stream_open = True            # False after a queued flush, until a reset
         self.dead = False                  # failed or closing: ignore further input
         self.seq = 0
+        self.last_input = 0.0              # event-loop time of the last message
         self.space = asyncio.Event()       # set when the inbox has room again
         self.space.set()
 

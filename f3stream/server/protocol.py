@@ -233,18 +233,20 @@ def decode_audio(data: Any, fmt: str) -> np.ndarray:
     """A binary audio message -> float32 samples (pcm16 is scaled by 1/32768)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("bad_audio", "audio must be sent as a binary message")
-    data = bytes(data)
+    n = memoryview(data).nbytes
     if fmt == "pcm16":
-        if len(data) % 2:
+        if n % 2:
             raise ProtocolError("bad_audio", f"pcm16 audio needs an even number of bytes, got "
-                                             f"{len(data)}")
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+                                             f"{n}")
+        x = np.frombuffer(data, dtype="<i2").astype(np.float32)
+        x *= 1.0 / 32768.0  # exact (a power of two): the same as x / 32768
+        return x
     if fmt == "float32":
-        if len(data) % 4:
+        if n % 4:
             raise ProtocolError("bad_audio", f"float32 audio needs a multiple of 4 bytes, got "
-                                             f"{len(data)}")
+                                             f"{n}")
         x = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        if not np.isfinite(x).all():
+        if not np.isfinite(x.sum(dtype=np.float64)):  # finite sum <=> all finite (no overflow)
             raise ProtocolError("bad_audio", "audio contains NaN or Inf samples")
         return x
     raise ProtocolError("bad_field", f"unknown audio format {fmt!r}")

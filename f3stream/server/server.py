@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,11 @@ class ServerConfig:
     allowed_origins: list[str] | None = None
     shutdown_timeout: float = 10.0
     close_timeout: float = 2.0
+    # The model thread and the event loop share the GIL; with Python's default 5 ms switch
+    # interval every torch op the model thread releases the GIL for can cost it up to 5 ms to
+    # get it back (a convoy). A short interval keeps batched steps near their solo speed.
+    # Process-wide, so only set by `f3stream serve` (None: leave it alone).
+    gil_switch_interval: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,9 +72,12 @@ class F3Server:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> "F3Server":
+        if self.cfg.gil_switch_interval is not None:
+            sys.setswitchinterval(self.cfg.gil_switch_interval)
         self.batcher = Batcher(self.tok, lambda: self.sessions.values(), self._deliver,
                                self.metrics.record_batch)
         self.batcher.start()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
         origins = None
         if self.cfg.allowed_origins:
             # None admits clients that send no Origin header (non-browser clients)
@@ -111,6 +120,7 @@ class F3Server:
                         self.cfg.shutdown_timeout)
             for conn in list(self._ws.connections):
                 conn.transport.abort()
+        self._reaper.cancel()
         await self.batcher.stop()
         self._closed.set()
 
@@ -222,6 +232,8 @@ class F3Server:
                 "decoder_delay": tok.config.autoencoder.decoder_delay}
 
     async def _read(self, ws: ServerConnection, s: LiveSession) -> None:
+        loop = asyncio.get_running_loop()
+        s.last_input = loop.time()
         limit = self.cfg.max_session_seconds * self.tok.sample_rate
         if not s.encoder:
             limit = self.cfg.max_session_seconds * self.tok.frame_rate
@@ -231,11 +243,8 @@ class F3Server:
             while s.pending > max_pending and not s.dead:  # backpressure: stop reading
                 s.space.clear()
                 await s.space.wait()
-            try:
-                msg = await asyncio.wait_for(ws.recv(), self.cfg.idle_timeout)
-            except asyncio.TimeoutError:
-                self._fail(s, "idle_timeout", f"no message for {self.cfg.idle_timeout} s")
-                continue
+            msg = await ws.recv()  # idle sessions are closed by _reap_idle (no timer per read)
+            s.last_input = loop.time()
             if s.dead:
                 continue  # closing: drain until the close handshake ends recv()
             recv_us = now_us()
@@ -261,6 +270,18 @@ class F3Server:
                 self._fail(s, e.code, e.message)
                 continue
             self.batcher.wake.set()
+
+    async def _reap_idle(self) -> None:
+        """Closes sessions that sent nothing for idle_timeout (one timer for all sessions
+        instead of one per read: reads are the hot path)."""
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self.cfg.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for s in list(self.sessions.values()):
+                if not s.dead and now - s.last_input > self.cfg.idle_timeout:
+                    self._fail(s, "idle_timeout", f"no message for {self.cfg.idle_timeout:g} s")
 
     def _fail(self, s: LiveSession, code: str, message: str) -> None:
         if not s.dead:
