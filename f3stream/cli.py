@@ -390,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_subcommand(subs, model)
     from .bench import add_bench_parser  # bench
     add_bench_parser(subs, _sub, model)
+    from .generate import add_subcommand as add_generate_subcommand  # generate
+    add_generate_subcommand(subs, model)
     from .mic import add_subcommand as add_mic_subcommand  # mic
     add_mic_subcommand(subs, model)
     return parser
