@@ -160,8 +160,8 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                    help="do not pace the audio in real time")
     p.add_argument("--chunk-ms", type=float, default=20.0, metavar="MS",
                    help="audio per message (default: 20)")
-    p.add_argument("--return", dest="returns", choices=("latents", "representations", "both"),
-                   default="both", help="what to ask for (default: both)")
+    p.add_argument("--return", dest="returns", choices=("latents", "both"), default="both",
+                   help="latents only, or latents and representations (default: both)")
     p.add_argument("--format", choices=("pcm16", "float32"), default="float32",
                    help="wire format of the audio (default: float32)")
     p.add_argument("--payload-dtype", choices=("float32", "float16"), default="float32",

@@ -74,6 +74,7 @@ class AsyncClient:
         self.ws: ClientConnection | None = None
         self.ready: dict[str, Any] = {}
         self.messages: list[tuple[FrameMessage, float]] = []
+        self.latency_ms: list[float] = []  # per frame message: completing chunk sent -> received
         self.error: ServerError | None = None
         self._flushed = asyncio.Event()
         self._closed = asyncio.Event()
@@ -119,7 +120,9 @@ class AsyncClient:
             async for raw in self.ws:
                 t = time.perf_counter()
                 if isinstance(raw, bytes):
-                    self.messages.append((parse_frame(raw), t))
+                    m = parse_frame(raw)
+                    self.messages.append((m, t))
+                    self._latency(m, t)
                     continue
                 msg = json.loads(raw)
                 if msg.get("type") == "flushed":
@@ -137,6 +140,15 @@ class AsyncClient:
                                          code)
             self._closed.set()
             self._flushed.set()
+
+    def _latency(self, m: FrameMessage, t: float) -> None:
+        """Time from sending the chunk that completed the message's last frame to now."""
+        if m.final or m.kind == KIND_AUDIO:
+            return
+        end = (m.frame_index + m.n_rows) * int(self.ready.get("hop_length", 1))
+        k = bisect.bisect_left(self._marks, end)
+        if k < len(self._times):
+            self.latency_ms.append((t - self._times[k]) * 1000.0)
 
     def _mark(self, n: int) -> None:
         self._position += n
@@ -169,7 +181,6 @@ class AsyncClient:
         """Ends the stream and waits for its last frames (the server's "flushed" reply)."""
         self._flushed.clear()
         await self.send_json({"type": "flush"})
-        self._t_flush = time.perf_counter()
         await asyncio.wait_for(self._flushed.wait(), timeout)
         if self.error is not None:
             raise self.error
@@ -177,6 +188,8 @@ class AsyncClient:
     async def reset(self) -> None:
         await self.send_json({"type": "reset"})
         self._position = 0
+        self._marks.clear()
+        self._times.clear()
 
     async def close(self, timeout: float = 30.0) -> None:
         """Flushes, then closes normally (close code 1000)."""
@@ -195,7 +208,7 @@ class AsyncClient:
                            frame_rate=int(self.ready.get("frame_rate", 25)))
         lat, rep, audio = [], [], []
         ld = int(self.ready.get("latent_dim", 0))
-        for m, t in self.messages:
+        for m, _ in self.messages:
             res.messages += 1
             res.server_latency_ms.append((m.send_us - m.recv_us) / 1000.0)
             if m.kind == KIND_AUDIO:
@@ -208,10 +221,7 @@ class AsyncClient:
                 rep.append(m.payload[:, ld:])
             else:
                 rep.append(m.payload)
-            end = (m.frame_index + m.n_rows) * int(self.ready.get("hop_length", 1))
-            k = bisect.bisect_left(self._marks, end)
-            if not m.final and k < len(self._times):
-                res.latency_ms.append((t - self._times[k]) * 1000.0)
+        res.latency_ms = list(self.latency_ms)
         if lat:
             res.latents = np.concatenate(lat)
         if rep:
