@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from f3stream.server.client import (AsyncClient, Client, ServerError,  # noqa: E402
                                     decode_latents_remote, stream_audio)
+from f3stream.server.protocol import ERROR_CODES  # noqa: E402
 from f3stream.server.server import F3Server, ServerConfig  # noqa: E402
 
 TOL = 1e-5
@@ -500,3 +501,88 @@ def test_serve_cli_sigterm_flushes(tiny_tokenizer, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_failing_session_is_isolated(tiny_tokenizer, monkeypatch):
+    """If the model fails for one session (a bug), that session gets `internal` (1011) and the
+    sessions batched with it still get correct frames."""
+    from f3stream.tokenizer import Tokenizer
+    victims = set()
+
+    def flaky_step(sessions, chunks):
+        if any(id(s) in victims for s in sessions):
+            raise RuntimeError("simulated model failure")
+        return Tokenizer.step_sessions(sessions, chunks)
+
+    def flaky_push(self, pcm, _orig=type(tiny_tokenizer.session()).push):
+        if id(self) in victims:
+            raise RuntimeError("simulated model failure")
+        return _orig(self, pcm)
+
+    monkeypatch.setattr(tiny_tokenizer, "step_sessions", flaky_step)
+    monkeypatch.setattr(type(tiny_tokenizer.session()), "push", flaky_push)
+
+    async def main():
+        async with serving(tiny_tokenizer) as (srv, url):
+            bad = await AsyncClient(url).__aenter__()
+            victims.add(id(srv.sessions[bad.ready["session"]].coder))
+            goods = [stream_chunks(url, noise(40 + i, 9000), [960 * 2]) for i in range(3)]
+
+            async def victim():
+                for _ in range(10):
+                    with contextlib.suppress(ConnectionClosed):
+                        await bad.send_audio(noise(1, 960 * 2))
+                    await asyncio.sleep(0.005)
+                await asyncio.wait_for(bad._closed.wait(), 10)
+            results = await asyncio.gather(victim(), *goods)
+            return bad.error, results[1:]
+
+    err, results = run(main())
+    assert err is not None and err.code == "internal" and err.close_code == 1011
+    for i, res in enumerate(results):
+        assert_matches(tiny_tokenizer, noise(40 + i, 9000), res)
+
+
+DOCUMENTED_CLOSES = {1000, 1001, 1007, 1009, 1013, 4000, 4001, 4004, 4008, 4009, 4010}
+
+
+def test_fuzz_message_sequences_never_break_the_server(tiny_tokenizer):
+    """Random sequences of (mostly hostile) messages: every connection ends with a documented
+    close code (never an internal error), and a good client is still served correctly."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    controls = st.sampled_from([{"type": t} for t in ("flush", "reset", "close", "hello", "x")])
+    text = st.one_of(st.just(hello()), st.just(hello(format="float32")),
+                     st.just(hello(direction="decode")), controls.map(json.dumps),
+                     st.text(max_size=30),
+                     st.dictionaries(st.sampled_from(["type", "version", "sample_rate", "a"]),
+                                     st.one_of(st.integers(), st.text(max_size=5)),
+                                     max_size=4).map(json.dumps))
+    binary = st.one_of(st.binary(max_size=3000),
+                       st.integers(0, 2000).map(lambda n: noise(n, n).tobytes()))
+    sequences = st.lists(st.one_of(text, binary), min_size=1, max_size=8)
+
+    async def scenario(batches):
+        async with serving(tiny_tokenizer, max_message_bytes=1 << 16) as (srv, url):
+            outs = await asyncio.gather(*[raw_exchange_closing(url, b) for b in batches])
+            await good_client(tiny_tokenizer, url, n=5000)
+            return outs, dict(srv.metrics.errors)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(sequences, min_size=1, max_size=3))
+    def check(batches):
+        outs, errors = run(scenario(batches))
+        assert "internal" not in errors
+        for texts, code in outs:
+            assert code in DOCUMENTED_CLOSES, (code, texts)
+            for t in texts:
+                if t.get("type") == "error":
+                    assert t["code"] in ERROR_CODES
+
+    check()
+
+
+async def raw_exchange_closing(url, messages):
+    """Like raw_exchange, but ends a still-open session with a close message."""
+    return await raw_exchange(url, list(messages) + [json.dumps({"type": "close"})])

@@ -47,16 +47,25 @@ def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
 
 
 def _encode_group(tok: Tokenizer, group: list[Work]) -> None:
+    coders = [w.session.coder for w in group]
+    before = [c.samples_received for c in coders]
     try:
-        results = tok.step_sessions([w.session.coder for w in group], [w.data for w in group])
-    except Exception:  # noqa: BLE001 - fall back to one session at a time to isolate it
-        log.exception("batched step failed; retrying sessions one by one")
+        results = tok.step_sessions(coders, [w.data for w in group])
+    except Exception as e:  # noqa: BLE001
+        log.exception("batched step failed")
+        if [c.samples_received for c in coders] != before:
+            # the step consumed input before failing: these streams' states are unknown, so
+            # ending them is the only honest answer (other groups are unaffected)
+            for w in group:
+                w.error = ("internal", f"batched model step failed: {type(e).__name__}: {e}")
+            return
+        # nothing was consumed: retry one session at a time to isolate the failing one
         results = []
         for w in group:
             try:
                 results.append(w.session.coder.push(w.data))
-            except Exception as e:  # noqa: BLE001
-                w.error = ("internal", f"{type(e).__name__}: {e}")
+            except Exception as e1:  # noqa: BLE001
+                w.error = ("internal", f"{type(e1).__name__}: {e1}")
                 results.append(None)
     for w, r in zip(group, results):
         if r is not None and r.n_frames:
