@@ -10,7 +10,6 @@ import contextlib
 import json
 import socket
 import threading
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -260,7 +259,7 @@ def test_oversized_message_closes_1009(tiny_tokenizer):
 
 def test_limits_sessions_idle_length(tiny_tokenizer):
     async def main():
-        async with serving(tiny_tokenizer, max_sessions=2, idle_timeout=0.3,
+        async with serving(tiny_tokenizer, max_sessions=2, idle_timeout=1.0,
                            max_session_seconds=0.5) as (srv, url):
             # idle: a session that says nothing after its hello, and a connection with no hello
             idle, _ = await raw_exchange(url, [hello()])
@@ -402,7 +401,11 @@ def test_graceful_shutdown_flushes_open_sessions(tiny_tokenizer):
         clients = [await AsyncClient(url).__aenter__() for _ in wavs]
         for c, w in zip(clients, wavs):
             await c.send_audio(w)
-        await asyncio.sleep(0.2)
+        for _ in range(200):  # until the server has read all the audio (not yet flushed)
+            if all(srv.sessions[c.ready["session"]].total_in == w.size
+                   for c, w in zip(clients, wavs)):
+                break
+            await asyncio.sleep(0.01)
         await srv.shutdown()
         for c in clients:
             await asyncio.wait_for(c._closed.wait(), 10)

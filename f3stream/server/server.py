@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -52,7 +52,6 @@ class ServerConfig:
     # get it back (a convoy). A short interval keeps batched steps near their solo speed.
     # Process-wide, so only set by `f3stream serve` (None: leave it alone).
     gil_switch_interval: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class F3Server:
@@ -358,4 +357,4 @@ async def run_server(tok: Tokenizer, host: str, port: int, config: ServerConfig 
     await server.serve_until_signal()
 
 
-__all__ = ["F3Server", "ServerConfig", "run_server", "CLOSE_GOING_AWAY"]
+__all__ = ["F3Server", "ServerConfig", "run_server"]
