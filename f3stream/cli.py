@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_subcommand(subs, model)
     from .mic import add_subcommand as add_mic_subcommand  # mic
     add_mic_subcommand(subs, model)
+    from .bulk import add_subcommand as add_tokenize_subcommand  # tokenize
+    add_tokenize_subcommand(subs, model)
     return parser
 
 

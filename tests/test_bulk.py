@@ -1,0 +1,188 @@
+"""`f3stream tokenize`: sharded bulk tokenization of a folder or manifest (f3stream.bulk)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from f3stream.audio import load_audio
+from f3stream.bulk import (BulkError, TokenizedCorpus, load_tokenized, read_shard_meta,
+                           shard_name, tokenize_corpus)
+from f3stream.cli import main
+
+GOOD = ["a.flac", "b.wav", "sub/c.wav", "sub/deeper/d.ogg", "sub/e_stereo.wav"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_tokenizer, tmp_path_factory) -> Path:
+    return tiny_tokenizer.save(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Five short readable files (mixed formats, rates, one stereo) and two broken ones."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(GOOD):
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sr = 16000 if name == "b.wav" else 24000
+        shape = (3000 + 700 * i, 2) if "stereo" in name else (3000 + 700 * i,)
+        sf.write(p, rng.uniform(-0.5, 0.5, shape).astype(np.float32), sr)
+    (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00not really a wav")
+    (root / "sub" / "empty.flac").write_bytes(b"")
+    (root / "notes.txt").write_text("not audio: ignored")
+    return root
+
+
+def _run(corpus, out, ckpt, **kw):
+    kw.setdefault("workers", 1)
+    kw.setdefault("shard_size", 3)
+    return tokenize_corpus(corpus, out, checkpoint=ckpt, progress=False, **kw)
+
+
+def _index(out):
+    return [json.loads(line) for line in (Path(out) / "index.jsonl").read_text().splitlines()]
+
+
+def test_folder_outputs_equal_tokenize(tiny_tokenizer, corpus, ckpt, tmp_path):
+    s = _run(corpus, tmp_path / "out", ckpt)
+    assert (s.files, s.ok, len(s.errors), s.shards, s.shards_computed) == (7, 5, 2, 3, 3)
+    assert s.complete
+    index = _index(tmp_path / "out")
+    assert [e["key"] for e in index] == sorted(GOOD + ["corrupt.wav", "sub/empty.flac"])
+    errors = {e["key"]: e["error"] for e in index if "error" in e}
+    assert set(errors) == {"corrupt.wav", "sub/empty.flac"}
+    assert all(msg for msg in errors.values())
+
+    corpus_out = TokenizedCorpus(tmp_path / "out")
+    assert corpus_out.keys() == sorted(GOOD)
+    for key in GOOD:
+        wav, file_sr = load_audio(corpus / key, tiny_tokenizer.sample_rate)
+        ref = tiny_tokenizer.tokenize(wav, representations=True)
+        got = corpus_out.load(key)
+        entry = corpus_out.entry(key)
+        assert entry["frames"] == ref.n_frames == got.n_frames
+        assert entry["sample_rate"] == file_sr
+        assert entry["seconds"] == pytest.approx(wav.size / tiny_tokenizer.sample_rate, abs=1e-6)
+        assert np.abs(got.latents - ref.latents).max() <= 1e-5
+        assert np.abs(got.representations - ref.representations).max() <= 1e-5
+        assert got.sample_rate == tiny_tokenizer.sample_rate
+    by_path = load_tokenized(tmp_path / "out", str(corpus / "sub" / "c.wav"))
+    np.testing.assert_array_equal(by_path.latents, corpus_out.load("sub/c.wav").latents)
+    with pytest.raises(BulkError, match="not tokenized"):
+        corpus_out.load("corrupt.wav")
+    with pytest.raises(BulkError, match="not in"):
+        corpus_out.load("missing.wav")
+
+
+def test_manifest_input_without_representations(tiny_tokenizer, corpus, ckpt, tmp_path):
+    rows = [{"path": "sub/c.wav", "text": "c", "speaker": "s1", "split": "train",
+             "source": "t"},
+            {"path": "a.flac", "text": "a", "speaker": "s2", "split": "val", "source": "t"},
+            {"path": "gone.wav", "text": "", "speaker": "s2", "split": "test", "source": "t"}]
+    manifest = corpus / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        s = _run(manifest, tmp_path / "out", ckpt, representations=False, shard_size=2)
+    finally:
+        manifest.unlink()
+    assert (s.files, s.ok, s.shards) == (3, 2, 2)
+    index = _index(tmp_path / "out")
+    assert [e["key"] for e in index] == ["a.flac", "gone.wav", "sub/c.wav"]
+    assert "not found" in index[1]["error"]
+    got = load_tokenized(tmp_path / "out", "sub/c.wav")
+    assert got.representations is None
+    ref = tiny_tokenizer.encode(load_audio(corpus / "sub/c.wav", tiny_tokenizer.sample_rate)[0])
+    assert np.abs(got.latents - ref).max() <= 1e-5
+
+
+def test_two_workers_equal_one(corpus, ckpt, tmp_path):
+    _run(corpus, tmp_path / "one", ckpt, workers=1, shard_size=2)
+    s = _run(corpus, tmp_path / "two", ckpt, workers=2, shard_size=2)
+    assert s.workers == 2 and s.shards_computed == 4
+    one, two = TokenizedCorpus(tmp_path / "one"), TokenizedCorpus(tmp_path / "two")
+    assert one.entries == two.entries
+    for key in one.keys():
+        a, b = one.load(key), two.load(key)
+        assert np.abs(a.latents - b.latents).max() <= 1e-5
+        assert np.abs(a.representations - b.representations).max() <= 1e-5
+
+
+def test_resume_recomputes_only_what_is_missing(corpus, ckpt, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupt(job, entries):
+        raise KeyboardInterrupt  # as if Ctrl-C came right after the first shard was written
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus, out, ckpt, shard_size=2, on_shard_done=interrupt)
+    assert sorted(p.name for p in out.glob("shard-*")) == [shard_name(0)]
+    assert [e["shard"] for e in _index(out)] == [shard_name(0)] * 2  # only complete shards
+    assert json.loads((out / "run.json").read_text())["complete"] is False
+    first = (out / shard_name(0)).stat().st_mtime_ns
+    (out / f".{shard_name(1)}.abc123.tmp.safetensors").write_bytes(b"half")  # a killed write
+
+    s = _run(corpus, out, ckpt, shard_size=2)
+    assert (s.shards_skipped, s.shards_computed, s.complete) == (1, 3, True)
+    assert (out / shard_name(0)).stat().st_mtime_ns == first
+    assert not list(out.glob(".*.tmp*"))
+    full = _index(out)
+    assert len(full) == 7
+
+    (out / shard_name(2)).unlink()
+    s = _run(corpus, out, ckpt, shard_size=2)
+    assert (s.shards_skipped, s.shards_computed) == (3, 1)
+    assert _index(out) == full
+
+    s = _run(corpus, out, ckpt, shard_size=2)
+    assert (s.shards_skipped, s.shards_computed) == (4, 0)
+
+    # A corrupt shard is not trusted: it is recomputed.
+    (out / shard_name(3)).write_bytes(b"garbage")
+    assert read_shard_meta(out / shard_name(3)) is None
+    s = _run(corpus, out, ckpt, shard_size=2)
+    assert s.shards_computed == 1 and _index(out) == full
+
+
+def test_changed_settings_are_refused_unless_overwrite(corpus, ckpt, tmp_path):
+    out = tmp_path / "out"
+    _run(corpus, out, ckpt, shard_size=4)
+    with pytest.raises(BulkError, match="shard_size"):
+        _run(corpus, out, ckpt, shard_size=3)
+    s = _run(corpus, out, ckpt, shard_size=7, overwrite=True)
+    assert s.shards == 1 and sorted(p.name for p in out.glob("shard-*")) == [shard_name(0)]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.txt").write_text("user data")
+    with pytest.raises(BulkError, match="not empty"):
+        _run(corpus, other, ckpt)
+
+
+def test_cli_prints_summary(corpus, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["tokenize", str(corpus), "--out", str(out), "--checkpoint", str(ckpt),
+               "--shard-size", "4", "--workers", "1", "--no-representations", "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "7 files in 2 shards (2 computed)" in text
+    assert "ok 5, errors 2" in text and "corrupt.wav" in text
+    assert load_tokenized(out, "a.flac").representations is None
+
+    rc = main(["tokenize", str(tmp_path / "nope"), "--out", str(out), "--checkpoint",
+               str(ckpt)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("f3stream: error: input not found") and err.count("\n") == 1
+
+
+def test_ray_engine_matches_local(corpus, ckpt, tmp_path):
+    pytest.importorskip("ray")
+    _run(corpus, tmp_path / "local", ckpt, shard_size=4)
+    s = _run(corpus, tmp_path / "ray", ckpt, shard_size=4, workers=2, engine="ray")
+    assert s.shards_computed == 2 and s.ok == 5
+    a, b = TokenizedCorpus(tmp_path / "local"), TokenizedCorpus(tmp_path / "ray")
+    assert a.entries == b.entries
+    for key in a.keys():
+        assert np.abs(a.load(key).latents - b.load(key).latents).max() <= 1e-5
