@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -95,18 +94,28 @@ def _check_out(out: Path, inp: Path | None = None) -> None:
         raise CLIError(f"output {out} is the input file; choose another --out")
 
 
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """Signal-to-noise ratio (dB) of ``estimate`` against ``reference`` over their common
-    length: 10 log10(sum ref^2 / sum (ref - est)^2). +inf for a perfect copy."""
+def quality_line(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> str:
+    """Reconstruction quality in words: log-mel L1 always; PESQ-WB and STOI when the ``[eval]``
+    extra is installed. (No SNR: a codec that does not reproduce the exact phase scores near
+    0 dB however good it sounds.)"""
+    from .evaluation.metrics import log_mel_l1
+
     n = min(reference.size, estimate.size)
-    ref = reference[:n].astype(np.float64)
-    err = ref - estimate[:n].astype(np.float64)
-    signal, noise = float(np.sum(ref ** 2)), float(np.sum(err ** 2))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
+    ref, est = reference[:n], np.clip(estimate[:n], -1.0, 1.0)
+    parts = [f"mel distance {log_mel_l1(ref, est, sample_rate):.3f} (log-mel L1, 0 = identical)"]
+    from .evaluation.errors import EvalError
+    from .evaluation.metrics import pesq_wb, stoi
+
+    try:
+        p, s = pesq_wb(ref, est, sample_rate), stoi(ref, est, sample_rate)
+    except EvalError:  # the optional [eval] extra is not installed
+        parts.append("(pip install 'f3stream[eval]' for PESQ-WB/STOI)")
+    else:
+        if p is not None:
+            parts.append(f"PESQ-WB {p:.2f} (1-4.6)")
+        if s is not None:
+            parts.append(f"STOI {s:.3f} (0-1)")
+    return ", ".join(parts)
 
 
 def _secs(n_samples: int, sample_rate: int) -> str:
@@ -150,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     duration = wav.size / sr
     rtf = (t2 - t0) / duration
-    snr = snr_db(wav, np.clip(recon, -1.0, 1.0))
+    quality = quality_line(wav, recon, sr)
     text = text_file.read_text(encoding="utf-8").strip() if text_file.is_file() else ""
     resampled = f" (resampled from {file_sr} Hz)" if file_sr != sr else ""
 
@@ -167,8 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{_shape(frames.representations)}")
     print(f"  time       : encode {t1 - t0:.2f} s + decode {t2 - t1:.2f} s on {tok.device}; "
           f"real-time factor {rtf:.3f} (lower is faster)")
-    print(f"  quality    : SNR {snr:.1f} dB, reconstruction vs original over "
-          f"{min(wav.size, recon.size)} samples (higher is better; <= 0 dB: not reproduced)")
+    print(f"  quality    : {quality}")
     print(f"  wrote      : {tokens_path}")
     print(f"               {recon_path} ({_secs(recon.size, sr)} at {sr} Hz)")
     print(f"               {original_path}")
@@ -240,11 +248,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     audio = tok.decode(frames.latents, progress=True)
     elapsed = time.perf_counter() - t0
     write_audio(out, audio, tok.sample_rate)
-    snr = snr_db(wav, np.clip(audio, -1.0, 1.0))
     resampled = f", resampled from {file_sr} Hz" if file_sr != tok.sample_rate else ""
     print(f"reconstructed {inp} ({_secs(wav.size, tok.sample_rate)}{resampled}) through "
           f"{frames.n_frames} frames in {elapsed:.2f} s")
-    print(f"  SNR {snr:.1f} dB vs the input; checkpoint {_trained_status(tok.info)[1]}")
+    print(f"  {quality_line(wav, audio, tok.sample_rate)}")
+    print(f"  checkpoint {_trained_status(tok.info)[1]}")
     print(f"  wrote {out} ({_secs(audio.size, tok.sample_rate)} at {tok.sample_rate} Hz)")
     return 0
 
@@ -336,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "demo", "tokenize and reconstruct the bundled speech sample",
              "Tokenizes the bundled speech sample, reconstructs it, and writes tokens.npz, "
-             "reconstruction.wav and original.wav into DIR, printing timings, shapes, an SNR "
-             "figure and whether the checkpoint is trained.",
+             "reconstruction.wav and original.wav into DIR, printing timings, shapes, quality "
+             "figures and whether the checkpoint is trained.",
              "  f3stream demo --out f3stream-demo\n", [model])
     p.add_argument("--out", metavar="DIR", default="f3stream-demo",
                    help="output directory (default: ./f3stream-demo)")
@@ -367,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "reconstruct", "audio file -> tokens -> audio file, in one go",
              "Encodes an audio file and decodes it again (what a listener of the codec hears), "
-             "printing the SNR against the input.",
+             "printing its quality against the input (mel distance; PESQ-WB and STOI with the "
+             "[eval] extra).",
              "  f3stream reconstruct speech.wav --out speech.reconstructed.wav\n", [model])
     p.add_argument("input", metavar="INPUT", help="audio file to reconstruct")
     p.add_argument("--out", metavar="FILE.wav", default=None,
