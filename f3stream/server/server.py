@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, PROTOCOL_VERSION, HEADER_SIZE,
                        ProtocolError, decode_audio, decode_latents, encode_frame, error_message,
                        parse_control, parse_hello, parse_text)
+from .web import static_response
 
 log = logging.getLogger("f3stream.server")
 
@@ -142,7 +143,7 @@ class F3Server:
             return _json_response(503 if self.shutting_down else 200, body)
         if path == "/metrics":
             return _json_response(200, self.metrics.snapshot(len(self.sessions)))
-        return None
+        return static_response(path, request)  # the browser demo: / and /demo/...
 
     # -- websocket ----------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
