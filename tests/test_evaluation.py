@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from f3stream.evaluation import EvalError
+from f3stream.manifest import ManifestError
 from f3stream.evaluation.clips import EvalClip, alsa_clips, folder_clips, read_manifest, subsample
 from f3stream.evaluation.metrics import (corpus_wer, edit_distance, log_mel, log_mel_l1,
                                          mel_filterbank, normalize_words, pesq_wb, si_sdr, stoi,
@@ -135,10 +136,10 @@ def test_manifest_reader_and_errors(tmp_path):
     clips = read_manifest(m)
     assert clips[0].path == str(tmp_path / "a.wav") and clips[1].speaker == "unknown"
     assert [c.path for c in read_manifest(m, "train")] == ["/abs/b.wav"]
-    with pytest.raises(EvalError, match="manifest not found"):
+    with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "missing.jsonl")
     m.write_text('{"path": "a.wav", "split": "dev"}\n')
-    with pytest.raises(EvalError, match="split must be one of"):
+    with pytest.raises(ManifestError, match="split must be one of"):
         read_manifest(m)
 
 

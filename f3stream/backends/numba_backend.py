@@ -22,7 +22,7 @@ from numba import njit
 from ..autoencoder import SPECTRAL_COMPRESSION, AudioDecoder
 from ..errors import F3StreamError
 from ..model import F3Model
-from .base import NumpyStateEngine, State, state_shapes
+from .base import NumpyStateEngine, state_shapes
 
 LN_EPS = 1e-5
 _INV_SQRT2 = 0.7071067811865476

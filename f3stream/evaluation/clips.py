@@ -1,63 +1,26 @@
 """Where evaluation clips come from: a corpus manifest, a folder of audio, or alsa-utils' prompts.
 
-The manifest reader accepts the same JSON-lines format as ``training.data.manifest`` but lives
-here because the installed package ships without ``training/``.
+Manifests are read by :func:`f3stream.manifest.read_manifest` (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..manifest import Clip, read_manifest
 from .errors import EvalError
 
-SPLITS = ("train", "val", "test")
+__all__ = ["ALSA_DIR", "ALSA_SOURCE", "AUDIO_SUFFIXES", "EvalClip", "alsa_clips",
+           "folder_clips", "read_manifest", "subsample"]
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 ALSA_DIR = Path("/usr/share/sounds/alsa")
 ALSA_SOURCE = "alsa-utils"
 
-
-@dataclass(frozen=True)
-class EvalClip:
-    """One audio file with what we know about it (``text`` may be empty: no transcript)."""
-    path: str
-    text: str = ""
-    speaker: str = "unknown"
-    split: str = "test"
-    source: str = ""
-
-
-def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[EvalClip]:
-    """Reads a JSON-lines manifest (relative paths resolve against its folder); ``split`` filters."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"manifest not found: {path} (build the corpus with `python -m "
-                        "training.data.build_corpus`, or evaluate a folder with --audio-dir)")
-    clips = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{path}:{n}: not JSON ({e})") from None
-        if not isinstance(d, dict) or "path" not in d:
-            raise EvalError(f"{path}:{n}: expected an object with a 'path'")
-        sp = str(d.get("split", "train"))
-        if sp not in SPLITS:
-            raise EvalError(f"{path}:{n}: split must be one of {SPLITS}, got {sp!r}")
-        p = Path(d["path"])
-        if not p.is_absolute():
-            p = path.parent / p
-        clip = EvalClip(str(p), str(d.get("text", "")), str(d.get("speaker", "unknown")), sp,
-                        str(d.get("source", "")) or "unknown")
-        if split is None or clip.split == split:
-            clips.append(clip)
-    return clips
+EvalClip = Clip  # one audio file with what we know about it (the manifest's record)
 
 
 def folder_clips(folder: str | os.PathLike, source: str = "folder") -> list[EvalClip]:

@@ -16,7 +16,7 @@ import numpy as np
 from ..audio import load_audio
 from ..errors import AudioInputError
 from ..fileio import atomic_write_bytes
-from .clips import ALSA_SOURCE, EvalClip, subsample
+from .clips import ALSA_SOURCE, EvalClip
 from .errors import EvalError
 from .metrics import corpus_wer, log_mel, log_mel_l1, pesq_wb, si_sdr, stoi, wer
 from .probes import alternate_split, chance_accuracy, fit_probe

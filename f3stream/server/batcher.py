@@ -18,7 +18,7 @@ import numpy as np
 
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work
-from .protocol import KIND_AUDIO, KIND_BOTH, KIND_LATENTS, KIND_REPRESENTATIONS
+from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
 
 log = logging.getLogger("f3stream.server")
 

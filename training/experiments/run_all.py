@@ -44,7 +44,7 @@ from f3stream.tokenizer import Tokenizer
 
 from ..data.manifest import read_manifest
 from ..latent_lm_stage import clip_latents, train_latent_lm
-from ..train import StageConfig, TrainConfig, train_autoencoder
+from ..train import TrainConfig, train_autoencoder
 
 VARIANTS = {"plain AE": dict(normalize_latents=False, noise_gamma=0.0),
             "AE + norm + noise (F3)": dict(normalize_latents=True, noise_gamma=1.0)}
@@ -60,8 +60,7 @@ def eval_clips(manifest: str, split: str, n: int, seed: int = 0) -> list[EvalCli
     clips = read_manifest(manifest, split)
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(clips), size=min(n, len(clips)), replace=False))
-    return [EvalClip(clips[i].path, clips[i].text, clips[i].speaker, clips[i].split,
-                     clips[i].source) for i in idx]
+    return [clips[i] for i in idx]
 
 
 def latent_stats(latents: list[np.ndarray]) -> dict[str, float]:
