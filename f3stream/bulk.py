@@ -115,7 +115,7 @@ def collect_inputs(source: str | os.PathLike) -> list[InputFile]:
         if source.suffix.lower() in audio_suffixes():
             raise BulkError(f"{source} is an audio file; `f3stream tokenize` takes a folder or a "
                             "JSONL manifest (use `f3stream encode` for one file)")
-        from .evaluation.clips import read_manifest
+        from .manifest import read_manifest
 
         base = Path(os.path.abspath(source)).parent
         files = []
