@@ -179,3 +179,22 @@ def test_augmentation_is_deterministic_and_changes_audio():
     assert a.dtype == np.float32 and a.shape == x.shape and np.isfinite(a).all()
     assert not np.allclose(a, x, atol=1e-3)
     np.testing.assert_array_equal(Augmentation().apply(x, np.random.default_rng(3), 24000), x)
+
+
+def test_ddp_two_processes_with_torchrun(corpus, tmp_path):
+    """Both stages under ``torchrun`` with 2 CPU processes (gloo): the multi-GPU code path."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "training.train", "all", "--config",
+                        str(ROOT / "training/configs/tiny.json"), "--out", str(out),
+                        "--manifest", str(corpus)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world size 2" in r.stdout
+    tok = f3stream.load(out / "export")
+    assert tok.info["stage0_steps"] == 6 and tok.info["stage1_steps"] == 4
