@@ -10,8 +10,9 @@
    variant's latents; held-out flow loss (latents standardised by one global scale, so the
    losses are comparable) and the mel L1 of audio decoded from teacher-forced *sampled* frames.
 3. Representation ablation (paper Table 2 direction): linear probes on raw latents, and on the
-   representation encoder trained without RQ, without the LM, and with both; plus a non-speech
-   sound-class probe on synthesized sounds.
+   representation encoder trained without RQ, without the LM, and with both: speaker identity,
+   spoken content on unseen voices (the letter and first-word tasks of ``f3stream eval``) and a
+   non-speech sound-class probe on synthesized sounds.
 4. The bundled checkpoint's row, evaluated the same way.
 
 Writes ``OUT/results.json`` and, with ``--results``, a markdown report with PNG plots beside it.
@@ -37,6 +38,7 @@ from f3stream.config import TokenizerConfig
 from f3stream.evaluation.clips import EvalClip
 from f3stream.evaluation.metrics import log_mel_l1
 from f3stream.evaluation.probes import fit_probe
+from f3stream.evaluation.tasks import CONTENT_TASKS, content_split
 from f3stream.evaluation.report import EvalOptions, run_evaluation
 from f3stream.fileio import atomic_write_bytes
 from f3stream.latent_lm import LatentLMConfig
@@ -141,14 +143,14 @@ def synth_sounds(n_per_class: int, seed: int, sr: int = 24000) -> tuple[list[np.
 
 def probe_rows(tok: Tokenizer, rep_models: dict[str, Any], manifest: str, n_probe: int,
                seed: int) -> dict[str, Any]:
-    """Accuracy of linear probes per feature set on three tasks (see the module docstring)."""
+    """Accuracy of linear probes per feature set on each task (see the module docstring)."""
     from f3stream.evaluation.metrics import log_mel
 
     test = read_manifest(manifest, "test")
     rng = np.random.default_rng(seed)
     test = [test[i] for i in sorted(rng.choice(len(test), min(n_probe, len(test)),
                                                replace=False))]
-    # speaker identity: same voices, alternate clips; spoken content: klettres sound name
+    # speaker identity: same voices, alternate clips
     by_spk: dict[str, list] = {}
     for c in test:
         by_spk.setdefault(c.speaker, []).append(c)
@@ -156,11 +158,6 @@ def probe_rows(tok: Tokenizer, rep_models: dict[str, Any], manifest: str, n_prob
     for clips in by_spk.values():
         spk_train += clips[::2]
         spk_test += clips[1::2]
-    train_all = read_manifest(manifest, "train")
-    letters = [c for c in train_all if c.source == "klettres-data" and len(c.text) == 1]
-    letter_test = [c for c in test if c.source == "klettres-data" and len(c.text) == 1]
-    letters = [letters[i] for i in sorted(rng.choice(len(letters), min(n_probe, len(letters)),
-                                                     replace=False))] if letters else []
     sounds, sound_labels = synth_sounds(12, seed)
     half = len(sounds) // 2
 
@@ -185,10 +182,18 @@ def probe_rows(tok: Tokenizer, rep_models: dict[str, Any], manifest: str, n_prob
         "sound class (non-speech)": ([features(w) for w in sounds[:half]], sound_labels[:half],
                                      [features(w) for w in sounds[half:]], sound_labels[half:]),
     }
-    if letters and letter_test:
-        tasks["spoken letter (unseen voices)"] = (
-            [clip_feats(c) for c in letters], [c.text.upper() for c in letters],
-            [clip_feats(c) for c in letter_test], [c.text.upper() for c in letter_test])
+    # Spoken content on unseen voices: the same tasks (and label rules) as `f3stream eval`.
+    train_all = read_manifest(manifest, "train")
+    test_all = read_manifest(manifest, "test")
+    for task in CONTENT_TASKS:
+        pool = [c for c in train_all if task.label(c) is not None]
+        if len(pool) > 2 * n_probe:
+            pool = [pool[i] for i in sorted(rng.choice(len(pool), 2 * n_probe, replace=False))]
+        tr, te = content_split(task, pool, [c for c in test_all if task.label(c) is not None])
+        if tr and te:
+            tasks[f"{task.name} (unseen voices)"] = (
+                [clip_feats(c) for c, _ in tr], [lab for _, lab in tr],
+                [clip_feats(c) for c, _ in te], [lab for _, lab in te])
     out = {}
     for task, (xtr, ytr, xte, yte) in tasks.items():
         if len(set(ytr)) < 2 or not yte:
