@@ -198,3 +198,16 @@ def test_ddp_two_processes_with_torchrun(corpus, tmp_path):
     assert "world size 2" in r.stdout
     tok = f3stream.load(out / "export")
     assert tok.info["stage0_steps"] == 6 and tok.info["stage1_steps"] == 4
+
+
+def test_install_checkpoint_float16(tmp_path, tiny_tokenizer):
+    from training import install_checkpoint
+
+    tiny_tokenizer.save(tmp_path / "export", info={"trained": True, "stage0_steps": 3})
+    assert install_checkpoint.main([str(tmp_path / "export"), str(tmp_path / "dest"),
+                                    "--float16", "--description", "how it was made"]) == 0
+    tok = f3stream.load(tmp_path / "dest")
+    assert tok.info == {"trained": True, "stage0_steps": 3, "description": "how it was made",
+                        "weights_dtype": "float16"}
+    w = load_file(str(tmp_path / "dest/model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in w.values())
