@@ -30,19 +30,26 @@ _INV_SQRT2 = 0.7071067811865476
 
 # -- kernels ------------------------------------------------------------------------------------
 @njit(cache=True)
+def _mean_rstd(row, eps):
+    """Mean and 1/sqrt(var + eps) of one row: the statistics of LayerNorm and channel norm."""
+    d = row.shape[0]
+    m = 0.0
+    for j in range(d):
+        m += row[j]
+    m /= d
+    v = 0.0
+    for j in range(d):
+        t = row[j] - m
+        v += t * t
+    return m, 1.0 / math.sqrt(v / d + eps)
+
+
+@njit(cache=True)
 def _layer_norm(x, g, b, eps):
     n, d = x.shape
     out = np.empty_like(x)
     for i in range(n):
-        m = 0.0
-        for j in range(d):
-            m += x[i, j]
-        m /= d
-        v = 0.0
-        for j in range(d):
-            t = x[i, j] - m
-            v += t * t
-        r = 1.0 / math.sqrt(v / d + eps)
+        m, r = _mean_rstd(x[i], eps)
         for j in range(d):
             out[i, j] = (x[i, j] - m) * r * g[j] + b[j]
     return out
@@ -210,15 +217,7 @@ def _transformer_layer(x, kc, vc, pos, ln1_g, ln1_b, wqkv, bqkv, wo, bo, ln2_g, 
 def _channel_norm_(z, eps):
     n, d = z.shape
     for i in range(n):
-        m = 0.0
-        for j in range(d):
-            m += z[i, j]
-        m /= d
-        v = 0.0
-        for j in range(d):
-            t = z[i, j] - m
-            v += t * t
-        r = 1.0 / math.sqrt(v / d + eps)
+        m, r = _mean_rstd(z[i], eps)
         for j in range(d):
             z[i, j] = (z[i, j] - m) * r
 
