@@ -60,6 +60,8 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
            "--threads", str(args.threads), "--max-sessions", str(args.clients + 10)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.backend:
+        cmd += ["--backend", args.backend]
     if args.gil_switch_interval is not None:
         cmd += ["--gil-switch-interval", str(args.gil_switch_interval)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -83,7 +85,7 @@ async def run(args, port: int) -> dict:
         metrics = json.loads(f.read())
     return {
         "clients": args.clients, "duration_s": args.duration, "return": args.returns,
-        "chunk_ms": args.chunk_ms, "server_threads": args.threads,
+        "chunk_ms": args.chunk_ms, "server_threads": args.threads, "backend": args.backend,
         "gil_switch_interval": args.gil_switch_interval,
         "load_average_at_end": os.getloadavg(),
         "frames_expected": sum(r["expected"] for r in results),
@@ -107,6 +109,8 @@ def main() -> None:
     p.add_argument("--return", dest="returns", default="latents",
                    choices=("latents", "representations", "both"))
     p.add_argument("--threads", type=int, default=1, help="server torch threads")
+    p.add_argument("--backend", default=None, choices=("torch", "numba", "onnx"),
+                   help="server model backend (default: the server's default)")
     p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
     p.add_argument("--gil-switch-interval", type=float, default=None,
                    help="passed to the server (default: the server's default)")

@@ -603,7 +603,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         raise BulkError(f"--workers must be at least 1, got {args.workers}")
     try:
         s = tokenize_corpus(args.input, args.out, checkpoint=args.checkpoint,
-                            device=args.device, backend=args.backend,
+                            device=args.device, backend=args.backend or "torch",
                             representations=not args.no_representations,
                             shard_size=args.shard_size, workers=args.workers,
                             engine=args.engine, overwrite=args.overwrite,

@@ -49,7 +49,7 @@ def _load_tokenizer(args: argparse.Namespace) -> Tokenizer:
         if not torch.cuda.is_available():
             raise CLIError("--device cuda was requested but no CUDA GPU is available; use "
                            "--device auto (GPU if present, else CPU) or --device cpu")
-    return Tokenizer.load(args.checkpoint, device, getattr(args, "backend", "torch"))
+    return Tokenizer.load(args.checkpoint, device, getattr(args, "backend", None) or "torch")
 
 
 def _checkpoint_label(args: argparse.Namespace) -> str:
@@ -326,9 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", choices=("cpu", "auto", "cuda"), default="cpu",
                        help="where to run the model; auto = CUDA if available, else CPU "
                             "(default: cpu)")
-    model.add_argument("--backend", choices=("torch", "numba", "onnx"), default="torch",
+    model.add_argument("--backend", choices=("torch", "numba", "onnx"), default=None,
                        help="inference engine: torch (reference), numba (compiled CPU kernels) "
-                            "or onnx (ONNX Runtime); default: torch")
+                            "or onnx (ONNX Runtime); default: torch (serve: numba when "
+                            "installed)")
 
     parser = argparse.ArgumentParser(
         prog="f3stream",

@@ -666,7 +666,7 @@ def _load(args: argparse.Namespace) -> "Tokenizer":
         import torch
         if not torch.cuda.is_available():
             raise MicError("--model-device cuda was requested but no CUDA GPU is available")
-    return Tokenizer.load(args.checkpoint, args.model_device, args.backend)
+    return Tokenizer.load(args.checkpoint, args.model_device, args.backend or "torch")
 
 
 def _warm_up(tok: "Tokenizer", representations: bool) -> None:

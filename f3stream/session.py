@@ -1,11 +1,14 @@
 """Streaming sessions: feed PCM (or latents) of any length, get each frame as soon as it is done.
 
-A session owns one stream's state (batch 1). Sessions are independent: interleaving them
-changes nothing, and :func:`step_encoder_sessions` runs many of them in one batched model step.
+A session's stream state is one row of an :class:`EncoderStatePool` (a private one-row pool
+unless the session was made from a shared pool). Sessions are independent: interleaving them
+changes nothing, and :func:`step_encoder_sessions` runs many of them in one batched model step,
+in place on their pool's rows when they share a pool (what a server does).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .audio import as_mono_float32
-from .errors import SessionClosedError
+from .errors import F3StreamError, SessionClosedError
 from .streaming import State
 
 if TYPE_CHECKING:
@@ -33,6 +36,54 @@ class EncodedFrames:
         return int(self.latents.shape[0])
 
 
+class PoolFullError(F3StreamError):
+    """Every row of an :class:`EncoderStatePool` is in use."""
+
+
+class EncoderStatePool:
+    """The encoder states of up to ``capacity`` streams, as rows of one batched state.
+
+    Why: batching sessions that each own a state means concatenating their states before every
+    model step and splitting them after (for a 100-stream server step that copying cost as
+    much as a third of the model itself). Sessions made by :meth:`session` keep their state in
+    a row here, and a batched step works on the rows in place. Rows are zero at a stream's
+    start (every fresh state is zeros) and are zeroed again on reset or release.
+    """
+
+    def __init__(self, tokenizer: "Tokenizer", capacity: int, representations: bool = True):
+        if capacity < 1:
+            raise ValueError(f"pool capacity must be >= 1, got {capacity}")
+        self.tokenizer = tokenizer
+        self.capacity = int(capacity)
+        self.with_representations = representations
+        self.state: State = tokenizer.engine.init_encode_state(capacity, representations)
+        self._free = list(range(capacity - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    @property
+    def free_rows(self) -> int:
+        return len(self._free)
+
+    def session(self) -> "EncoderSession":
+        """A new session whose state lives in this pool; raises :class:`PoolFullError`."""
+        return EncoderSession(self.tokenizer, self.with_representations, pool=self)
+
+    def _acquire(self) -> int:
+        with self._lock:
+            if not self._free:
+                raise PoolFullError(f"all {self.capacity} rows of the state pool are in use")
+            return self._free.pop()
+
+    def _release(self, row: int) -> None:
+        self.tokenizer.engine.zero_rows(self.state, [row])
+        with self._lock:
+            self._free.append(row)
+
+    def row_state(self, row: int) -> State:
+        """Row ``row`` as a batch-1 state of views (numpy/torch slices, no copy)."""
+        return {k: v[row:row + 1] for k, v in self.state.items()}
+
+
 class EncoderSession:
     """Waveform in, latents (and representations) out, frame by frame.
 
@@ -42,20 +93,48 @@ class EncoderSession:
     closes the stream until :meth:`reset`.
     """
 
-    def __init__(self, tokenizer: "Tokenizer", representations: bool = True):
+    def __init__(self, tokenizer: "Tokenizer", representations: bool = True,
+                 pool: EncoderStatePool | None = None):
+        if pool is not None and (pool.tokenizer is not tokenizer
+                                 or pool.with_representations != representations):
+            raise ValueError("the pool belongs to another tokenizer or output choice")
         self.tokenizer = tokenizer
         self.with_representations = representations
         self.hop = tokenizer.hop_length
-        self.reset()
+        self.pool = pool if pool is not None else EncoderStatePool(tokenizer, 1,
+                                                                    representations)
+        self.row = self.pool._acquire()
+        self._released = False
+        self._init_counters()
 
-    def reset(self) -> None:
-        """Forget everything: the next sample starts a new stream at frame 0."""
-        self.state: State = self.tokenizer.engine.init_encode_state(
-            1, self.with_representations)
+    def _init_counters(self) -> None:
         self._pending = np.zeros(0, dtype=np.float32)
         self.frames_emitted = 0
         self.samples_received = 0
         self.closed = False
+
+    def reset(self) -> None:
+        """Forget everything: the next sample starts a new stream at frame 0."""
+        self._check_live()
+        self.tokenizer.engine.zero_rows(self.pool.state, [self.row])
+        self._init_counters()
+
+    def release(self) -> None:
+        """Gives the state row back to a shared pool (idempotent); the session is unusable
+        afterwards. Sessions with a private pool need not call it."""
+        if not self._released:
+            self._released = True
+            self.closed = True
+            self.pool._release(self.row)
+
+    def _check_live(self) -> None:
+        if self._released:
+            raise SessionClosedError("session was released; make a new one")
+
+    @property
+    def state(self) -> State:
+        """This stream's state: batch-1 views of its pool row."""
+        return self.pool.row_state(self.row)
 
     @property
     def pending_samples(self) -> int:
@@ -68,6 +147,7 @@ class EncoderSession:
         return self.tokenizer.engine.state_nbytes(self.state) + self._pending.nbytes
 
     def _take_ready(self, pcm) -> np.ndarray:
+        self._check_live()
         if self.closed:
             raise SessionClosedError("session was flushed; call reset() to start a new stream")
         x = as_mono_float32(pcm, name="audio chunk", allow_empty=True)
@@ -78,7 +158,7 @@ class EncoderSession:
         return buf[:n_ready]
 
     def _run(self, ready: np.ndarray) -> EncodedFrames:
-        lat, rep, self.state = self.tokenizer._encode_array(ready, self.state)
+        lat, rep = self.tokenizer._encode_array(ready, self.pool.state, self.row)
         out = EncodedFrames(self.frames_emitted, lat, rep)
         self.frames_emitted += out.n_frames
         return out
@@ -89,6 +169,7 @@ class EncoderSession:
 
     def flush(self) -> EncodedFrames:
         """Ends the stream: emits the zero-padded partial frame, if any samples are pending."""
+        self._check_live()
         if self.closed:
             raise SessionClosedError("session was already flushed; call reset()")
         pad = (-self._pending.size) % self.hop
@@ -167,23 +248,7 @@ def step_encoder_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
     lat: list[list[np.ndarray]] = [[] for _ in sessions]
     rep: list[list[np.ndarray]] = [[] for _ in sessions]
     starts = [s.frames_emitted for s in sessions]
-    done = [0] * len(sessions)
-    hop = tok.hop_length
-    engine = tok.engine
-    while True:
-        active = [i for i, n in enumerate(n_frames) if done[i] < n]
-        if not active:
-            break
-        t = min(n_frames[i] - done[i] for i in active)
-        wav = np.stack([ready[i][done[i] * hop:(done[i] + t) * hop] for i in active])
-        state = engine.concat_states([sessions[i].state for i in active])
-        z, r, state = engine.encode_step(wav, state)
-        for j, (i, s) in enumerate(zip(active, engine.split_state(state, [1] * len(active)))):
-            sessions[i].state = s
-            lat[i].append(z[j])
-            if r is not None:
-                rep[i].append(r[j])
-            done[i] += t
+    _step_batched(tok, sessions, ready, n_frames, lat, rep)
     out = []
     for i, s in enumerate(sessions):
         s.frames_emitted += n_frames[i]
@@ -191,6 +256,37 @@ def step_encoder_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
                                  _cat(rep[i], tok.representation_dim)
                                  if s.with_representations else None))
     return out
+
+
+def _step_batched(tok, sessions, ready, n_frames, lat, rep) -> None:
+    """Batched model steps: in place on the pool's rows when all sessions share one pool;
+    otherwise their rows are gathered into one state and written back after each step."""
+    hop = tok.hop_length
+    engine = tok.engine
+    shared = sessions[0].pool
+    one_pool = all(s.pool is shared for s in sessions)
+    done = [0] * len(sessions)
+    while True:
+        active = [i for i, n in enumerate(n_frames) if done[i] < n]
+        if not active:
+            break
+        t = min(n_frames[i] - done[i] for i in active)
+        wav = np.stack([ready[i][done[i] * hop:(done[i] + t) * hop] for i in active])
+        if one_pool:
+            rows = np.array([sessions[i].row for i in active], dtype=np.int64)
+            z, r = engine.encode_rows(wav, shared.state, rows)
+        else:
+            state = engine.concat_states([sessions[i].state for i in active])
+            z, r = engine.encode_rows(wav, state, np.arange(len(active)))
+            for i, part in zip(active, engine.split_state(state, [1] * len(active))):
+                pool_state = sessions[i].pool.state
+                for k, v in part.items():
+                    pool_state[k][sessions[i].row:sessions[i].row + 1] = v
+        for j, i in enumerate(active):
+            lat[i].append(z[j])
+            if r is not None:
+                rep[i].append(r[j])
+            done[i] += t
 
 
 def _cat(parts: list[np.ndarray], dim: int) -> np.ndarray:

@@ -16,7 +16,8 @@ from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_stri
 from .config import TokenizerConfig
 from .errors import AudioInputError
 from .model import F3Model
-from .session import DecoderSession, EncodedFrames, EncoderSession, step_encoder_sessions
+from .session import (DecoderSession, EncodedFrames, EncoderSession, EncoderStatePool,
+                      step_encoder_sessions)
 from .streaming import State
 
 Backend = Literal["torch", "numba", "onnx"]
@@ -133,7 +134,7 @@ class Tokenizer:
         if pad:
             wav = np.concatenate([wav, np.zeros(pad, np.float32)])
         state = self.engine.init_encode_state(1, representations)
-        lat, rep, _ = self._encode_array(wav, state, progress)
+        lat, rep = self._encode_array(wav, state, 0, progress)
         return EncodedFrames(0, lat, rep)
 
     def represent(self, latents, progress: bool = False) -> np.ndarray:
@@ -166,6 +167,11 @@ class Tokenizer:
         """A new streaming encoder session (its own state)."""
         return EncoderSession(self, representations)
 
+    def session_pool(self, capacity: int, representations: bool = True) -> EncoderStatePool:
+        """Room for ``capacity`` sessions (``pool.session()``) whose states are rows of one
+        batched state, so :meth:`step_sessions` batches them without copying states."""
+        return EncoderStatePool(self, capacity, representations)
+
     def decoder_session(self) -> DecoderSession:
         return DecoderSession(self)
 
@@ -176,14 +182,16 @@ class Tokenizer:
         return step_encoder_sessions(sessions, chunks)
 
     # -- internals shared by the offline and streaming paths -------------------------------
-    def _encode_array(self, wav: np.ndarray, state: State, progress: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray | None, State]:
-        """Whole frames of samples -> (latents, representations or None, new state)."""
+    def _encode_array(self, wav: np.ndarray, state: State, row: int = 0, progress: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Whole frames of samples -> (latents, representations or None), advancing the stream
+        at row ``row`` of the batched ``state`` in place."""
         n = wav.size // self.hop_length
         lat, rep = [], []
+        rows = np.array([row], dtype=np.int64)
         for a in _blocks(n, progress, "encode"):
             chunk = wav[a * self.hop_length:(a + BLOCK_FRAMES) * self.hop_length]
-            z, r, state = self.engine.encode_step(chunk[None], state)
+            z, r = self.engine.encode_rows(chunk[None], state, rows)
             lat.append(z[0])
             if r is not None:
                 rep.append(r[0])
@@ -193,7 +201,7 @@ class Tokenizer:
         if with_reps:
             reps = (np.concatenate(rep) if rep
                     else np.zeros((0, self.representation_dim), np.float32))
-        return latents, reps, state
+        return latents, reps
 
     def _decode_array(self, z: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         if z.shape[0] == 0:

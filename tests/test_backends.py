@@ -228,3 +228,91 @@ def test_dynamo_exporter_also_matches(tiny_model, tmp_path):
     lat, rep = stream(tok, wav, [960] * 10 + [4800])
     assert maxdiff(lat, a.latents) <= TOL and maxdiff(rep, a.representations) <= TOL
     assert maxdiff(tok.decode(a.latents), ref.decode(a.latents)) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+@pytest.mark.parametrize("reps", [False, True])
+def test_pooled_sessions_equal_private_sessions(toks, backend, reps):
+    """Sessions sharing a state pool, stepped in batches over changing subsets (with a reset
+    and a released-then-reused row in between), give what private sessions give."""
+    tok = toks[backend]
+    pool = tok.session_pool(5, representations=reps)
+    rng = np.random.default_rng(7)
+    waves = [noise(1.5, 10 + i) for i in range(4)]
+    pooled = [pool.session() for _ in waves]
+    solo = [tok.session(representations=reps) for _ in waves]
+    assert pool.free_rows == 1
+    pos = [0] * 4
+    for step in range(6):
+        if step == 2:  # one stream restarts; its neighbours must not notice
+            pooled[1].reset(), solo[1].reset()
+            pos[1] = 0
+        if step == 3:  # a row is released and handed to a new stream, which starts fresh
+            pooled[2].release()
+            pooled[2], solo[2] = pool.session(), tok.session(representations=reps)
+            pos[2] = 0
+        members = [i for i in range(4) if rng.random() < 0.75] or [0]
+        chunks = []
+        for i in members:
+            n = int(rng.choice([0, 1, 700, 960, 2500, 4800]))
+            chunks.append(waves[i][pos[i]:pos[i] + n])
+            pos[i] += n
+        got = Tokenizer.step_sessions([pooled[i] for i in members], chunks)
+        for g, i, c in zip(got, members, chunks):
+            ref = solo[i].push(c)
+            assert (g.start_frame, g.n_frames) == (ref.start_frame, ref.n_frames)
+            if ref.n_frames:
+                assert maxdiff(g.latents, ref.latents) <= 1e-5
+                if reps:
+                    assert maxdiff(g.representations, ref.representations) <= 1e-5
+                else:
+                    assert g.representations is None
+    for i in range(4):  # the single-session path works on pool rows too
+        ref, g = solo[i].flush(), pooled[i].flush()
+        assert g.n_frames == ref.n_frames
+        if ref.n_frames:
+            assert maxdiff(g.latents, ref.latents) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+def test_state_pool_rows_and_limits(toks, backend):
+    tok = toks[backend]
+    fresh = tok.engine.init_encode_state(2)
+    # pools reset rows by zeroing them: that is only right if every fresh state is zeros
+    assert all(not np.asarray(v).any() for v in fresh.values())
+    pool = tok.session_pool(2)
+    a, b = pool.session(), pool.session()
+    with pytest.raises(f3stream.session.PoolFullError, match="2 rows"):
+        pool.session()
+    a.push(noise(0.2, 1))
+    assert np.asarray(pool.state["encoder.framing.history"][a.row]).any()
+    assert not np.asarray(pool.state["encoder.framing.history"][b.row]).any()
+    a.release()
+    a.release()  # idempotent
+    assert not np.asarray(pool.state["encoder.framing.history"][a.row]).any()
+    with pytest.raises(f3stream.SessionClosedError, match="released"):
+        a.push(noise(0.1, 2))
+    c = pool.session()
+    assert c.row == a.row and c.frames_emitted == 0
+    with pytest.raises(ValueError, match="another tokenizer or output choice"):
+        f3stream.session.EncoderSession(tok, representations=False, pool=pool)
+
+
+def test_numba_gelu_and_blocked_linear_match_reference():
+    """The numba GELU's rational erf stays at float32 precision over the whole range, and the
+    row-blocked BLAS path of ``_linear`` equals one big product at every batch size."""
+    from f3stream.backends import numba_backend as nb
+    x = np.concatenate([np.linspace(-12, 12, 200001), [-1e4, -5.66, 5.66, 1e4]]).astype(
+        np.float32)
+    got = x.copy()
+    nb._gelu_(got)
+    want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 2e-6 * max(1.0, float(np.abs(x).max()) / 12)
+    rng = np.random.default_rng(0)
+    k, o = 480, 482                       # blocks of 4 rows: the blocked path covers n 5..16
+    w, b = rng.standard_normal((k, o)).astype(np.float32), rng.standard_normal(o).astype(
+        np.float32)
+    for n in (1, 4, 5, 9, 16, 17, 40):
+        a = rng.standard_normal((n, k)).astype(np.float32)
+        ref = a.astype(np.float64) @ w + b
+        assert np.abs(nb._linear(a, w, b) - ref).max() <= 1e-3, n

@@ -147,6 +147,36 @@ def test_concurrent_interleaved_clients_equal_alone(tiny_tokenizer):
     assert metrics.sessions_total == 8
 
 
+def test_numba_server_reuses_pool_rows_and_matches_offline(tiny_config):
+    """The server's default engine: sessions live in pool rows (more sessions over time than
+    rows), and their frames equal offline torch tokenization within the engines' 1e-4."""
+    pytest.importorskip("numba")
+    from f3stream import Tokenizer
+    tok = Tokenizer.from_config(tiny_config, seed=0, backend="numba")
+    ref = Tokenizer.from_config(tiny_config, seed=0)
+    wavs = [noise(40 + i, 7000 + 1999 * i) for i in range(6)]
+
+    async def main():
+        async with serving(tok, max_sessions=3) as (srv, url):
+            out = []
+            for k in range(0, 6, 3):
+                out += await asyncio.gather(*[stream_chunks(url, w, [480, 1700 + k])
+                                              for w in wavs[k:k + 3]])
+                for _ in range(100):  # handlers finish just after their clients
+                    if not srv.sessions:
+                        break
+                    await asyncio.sleep(0.05)
+            pools = [(p.free_rows, p.capacity) for ps in srv._pools.values() for p in ps]
+            return out, pools
+
+    results, pools = run(main())
+    assert pools == [(3, 3)]  # one pool of max_sessions rows, reused by the second wave
+    for w, r in zip(wavs, results):
+        want = ref.tokenize(w)
+        assert np.abs(r.latents - want.latents).max() <= 1e-4
+        assert np.abs(r.representations - want.representations).max() <= 1e-4
+
+
 def test_decode_direction_equals_tokenizer_decode(tiny_tokenizer):
     lat = tiny_tokenizer.encode(noise(7, 20000))
 
@@ -331,11 +361,14 @@ def test_abrupt_disconnects_leak_no_sessions(tiny_tokenizer):
                 if not srv.sessions and not srv._ws.connections:
                     break
                 await asyncio.sleep(0.05)
-            return len(srv.sessions), len(srv._ws.connections), srv.metrics.sessions_total
+            pools = [p for ps in srv._pools.values() for p in ps]
+            return (len(srv.sessions), len(srv._ws.connections), srv.metrics.sessions_total,
+                    [(p.free_rows, p.capacity) for p in pools])
 
-    sessions, connections, total = run(main())
+    sessions, connections, total, pools = run(main())
     assert sessions == 0 and connections == 0
     assert total >= n // 2
+    assert pools and all(free == cap for free, cap in pools)  # every state row came back
 
 
 def test_slow_reader_is_closed_not_buffered(tiny_tokenizer):

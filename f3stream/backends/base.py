@@ -33,6 +33,39 @@ class Engine:
         """``[B, T*hop]`` float32 -> latents ``[B, T, D]``, reps ``[B, T, R]`` or None, state."""
         raise NotImplementedError
 
+    def encode_rows(self, wav: np.ndarray, state: State, rows: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`encode_step` for the streams stored at rows ``rows`` of a batched state,
+        which is updated in place (wav row b belongs to state row ``rows[b]``).
+
+        This lets many sessions keep their states as rows of one pooled state
+        (:class:`~f3stream.session.EncoderStatePool`): a batched step over any subset of them
+        costs one gather and one scatter per state tensor here, and nothing in engines whose
+        kernels index the rows themselves (numba)."""
+        if len(rows) == self._batch(state) and np.array_equal(rows, np.arange(len(rows))):
+            z, r, new = self.encode_step(wav, state)
+            state.update(new)
+            return z, r
+        idx = self._index(rows)
+        z, r, new = self.encode_step(wav, {k: v[idx] for k, v in state.items()})
+        for k, v in new.items():
+            state[k][idx] = v
+        return z, r
+
+    def zero_rows(self, state: State, rows: np.ndarray) -> None:
+        """Resets the streams at ``rows`` of a batched state to a fresh start, in place."""
+        idx = self._index(rows)
+        for v in state.values():
+            v[idx] = 0
+
+    @staticmethod
+    def _batch(state: State) -> int:
+        return int(next(iter(state.values())).shape[0])
+
+    def _index(self, rows: np.ndarray) -> Any:
+        """Row indices in the form this engine's state arrays accept."""
+        return np.asarray(rows, dtype=np.int64)
+
     # -- represent: latents -> representations ------------------------------------------
     def init_represent_state(self, batch_size: int) -> State:
         raise NotImplementedError

@@ -55,6 +55,17 @@ class TorchEngine(Engine):
     def decode_tail(self, state):
         return self._np(self.model.decode_tail(state))
 
+    def encode_rows(self, wav, state, rows):
+        with torch.inference_mode():  # in-place row writes into inference tensors
+            return super().encode_rows(wav, state, rows)
+
+    def zero_rows(self, state, rows):
+        with torch.inference_mode():
+            super().zero_rows(state, rows)
+
+    def _index(self, rows):
+        return torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
+
     def concat_states(self, states):
         return concat_states(states)
 

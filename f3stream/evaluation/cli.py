@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     clips = subsample(clips, args.max_clips, args.seed)
 
     try:
-        backend = getattr(args, "backend", "torch")  # the shared --backend option, if any
+        backend = getattr(args, "backend", None) or "torch"  # the shared --backend option, if any
         tok = (Tokenizer.load(args.checkpoint, args.device) if backend == "torch"
                else Tokenizer.load(args.checkpoint, args.device, backend))
     except RuntimeError as e:  # e.g. --device cuda without a GPU

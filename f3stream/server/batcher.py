@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..session import EncoderSession
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work
 from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
@@ -23,13 +24,21 @@ from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
 log = logging.getLogger("f3stream.server")
 
 
+TR = []
 def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
     """Runs in the worker thread. Never raises: failures are recorded on the item."""
-    enc = [w for w in items if w.data is not None and w.session.encoder]
-    for reps in (False, True):
-        group = [w for w in enc if w.session.hello.wants_representations == reps]
-        if group:
-            _encode_group(tok, group)
+    TR.append(("cstart", time.time_ns()//1000, 0))
+    try:
+        return _compute(tok, items)
+    finally:
+        TR.append(("cend", time.time_ns()//1000, 0))
+def _compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
+    groups: dict[int, list[Work]] = {}  # one batched step per state pool (pools hold one
+    for w in items:                     # output choice each, so reps and latents-only split)
+        if w.data is not None and w.session.encoder:
+            groups.setdefault(id(w.session.coder.pool), []).append(w)
+    for group in groups.values():
+        _encode_group(tok, group)
     for w in items:
         if w.error is not None:
             continue
@@ -125,6 +134,19 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="f3stream-model")
         self.task: asyncio.Task | None = None
         self.stopping = False
+        self.busy = False                     # a step is running in the worker thread
+        self._retired: list[EncoderSession] = []
+
+    def retire(self, coder: EncoderSession) -> None:
+        """Gives a finished session's pool row back, once no step can be using it."""
+        self._retired.append(coder)
+        if not self.busy:
+            self._release_retired()
+
+    def _release_retired(self) -> None:
+        for coder in self._retired:
+            coder.release()
+        self._retired.clear()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -139,10 +161,16 @@ class Batcher:
             if not items:
                 continue
             t0 = time.perf_counter()
+            TR.append(("take", time.time_ns()//1000, len(items)))
+            self.busy = True
             try:
                 done = await loop.run_in_executor(self.executor, compute, self.tok, items)
             except RuntimeError:  # executor shut down under us: the server is stopping
                 return
+            finally:
+                self.busy = False
+                self._release_retired()
+            TR.append(("back", time.time_ns()//1000, 0))
             self.on_batch(sum(1 for w in items if w.data is not None), time.perf_counter() - t0)
             for w in done:
                 try:
@@ -151,6 +179,7 @@ class Batcher:
                     log.exception("delivering to session %s failed", w.session.id)
                     w.session.dead = True
                     w.session.inbox.clear()
+            TR.append(("delivered", time.time_ns()//1000, 0))
             if any(s.inbox for s in self.sessions()):
                 self.wake.set()
 
@@ -163,4 +192,7 @@ class Batcher:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self.task.cancel()
         self.executor.shutdown(wait=True)
+        import json, os
+        if os.environ.get("F3TRACE"):
+            json.dump(TR, open(os.environ["F3TRACE"], "w"))
 

@@ -30,6 +30,18 @@ def _need_websockets() -> None:
                            "'f3stream[server]'") from None
 
 
+def serve_backend(device: str) -> str:
+    """The server's default engine: numba on the CPU when installed (its kernels release the
+    GIL and batch without state copies: the fastest server step here), else torch."""
+    if device == "cpu":
+        try:
+            import numba  # noqa: F401
+            return "numba"
+        except ImportError:
+            pass
+    return "torch"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _need_websockets()
     from ..tokenizer import Tokenizer
@@ -46,9 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        send_queue=args.send_queue, token=args.token,
                        allowed_origins=args.allowed_origin or None,
                        gil_switch_interval=args.gil_switch_interval)
-    backend = getattr(args, "backend", None)  # added by the backends work, when present
-    tok = (Tokenizer.load(args.checkpoint, args.device, backend)
-           if backend not in (None, "torch") else Tokenizer.load(args.checkpoint, args.device))
+    backend = args.backend or serve_backend(args.device)
+    options = {"threads": args.threads} if backend == "numba" and args.threads else {}
+    tok = Tokenizer.load(args.checkpoint, args.device, backend, **options)
 
     def ready(server) -> None:
         print(f"f3stream serve: listening on ws://{args.host}:{server.port} (protocol v1; "
@@ -119,7 +131,8 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
              "kHz audio and get each 40 ms frame's latents/representations back, or stream "
              "latents and get audio. Concurrent sessions are batched into one model step. "
              "GET /health and /metrics answer JSON. SIGINT/SIGTERM flush open sessions and "
-             "stop.",
+             "stop. The server's default --backend is numba on the CPU when it is installed "
+             "(else torch).",
              "  f3stream serve --port 8765 --token SECRET\n", [model_parent])
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default: 8765; 0 = any)")
@@ -140,7 +153,9 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                    help="accept browser connections only from this Origin (repeatable); "
                         "clients that send no Origin are accepted")
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch CPU threads for the model (default: torch's choice)")
+                   help="CPU threads for the model: torch's intra-op threads, or with numba "
+                        "how many parts a batched step is split into (default: torch's "
+                        "choice; numba 1)")
     p.add_argument("--gil-switch-interval", type=float, default=0.0005, metavar="S",
                    help=argparse.SUPPRESS)  # see ServerConfig.gil_switch_interval
     p.add_argument("--quiet", action="store_true", help="log warnings only")

@@ -22,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..session import EncoderSession, EncoderStatePool
 from ..tokenizer import Tokenizer
 from .batcher import Batcher
 from .live import LiveSession, Op, Work, now_us
@@ -32,6 +33,8 @@ from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, PROTOCOL_VERSION, HE
 from .web import static_response
 
 log = logging.getLogger("f3stream.server")
+
+POOL_ROWS = 256  # sessions per state pool (one batched step per pool)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class F3Server:
         self._ids = itertools.count(1)
         self._ws: Server | None = None
         self.batcher: Batcher | None = None
+        self._pools: dict[bool, list[EncoderStatePool]] = {False: [], True: []}
         self.shutting_down = False
         self._closed = asyncio.Event()
 
@@ -172,6 +176,8 @@ class F3Server:
                 pass
             sender.cancel()
             self.sessions.pop(session.id, None)
+            if session.encoder:
+                self.batcher.retire(session.coder)
 
     async def _reject(self, ws: ServerConnection, code: str, message: str) -> None:
         self.metrics.errors[code] += 1
@@ -207,7 +213,7 @@ class F3Server:
                                                         f"{self.cfg.max_sessions} sessions; "
                                                         "retry later")
             return None
-        coder = (self.tok.session(representations=hello.wants_representations)
+        coder = (self._encoder_session(hello.wants_representations)
                  if hello.direction == "encode" else self.tok.decoder_session())
         sid = next(self._ids)
         session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue,
@@ -216,6 +222,17 @@ class F3Server:
         self.metrics.sessions_total += 1
         session.send_text(json.dumps(self._ready(session)), force=True)
         return session
+
+    def _encoder_session(self, representations: bool) -> EncoderSession:
+        """A session whose state is a row of a shared pool, so the batcher steps all of a
+        pool's sessions in place (no per-step state copies)."""
+        pools = self._pools[representations]
+        for pool in pools:
+            if pool.free_rows:
+                return pool.session()
+        pool = self.tok.session_pool(min(self.cfg.max_sessions, POOL_ROWS), representations)
+        pools.append(pool)
+        return pool.session()
 
     def _ready(self, s: LiveSession) -> dict[str, Any]:
         tok = self.tok
@@ -248,6 +265,8 @@ class F3Server:
             if s.dead:
                 continue  # closing: drain until the close handshake ends recv()
             recv_us = now_us()
+            from .batcher import TR
+            TR.append(("recv", recv_us, 0))
             try:
                 if isinstance(msg, str):
                     kind = parse_control(parse_text(msg))
@@ -333,6 +352,8 @@ class F3Server:
                 else:
                     _, kind, seq, index, payload, recv_us, final = item
                     send_us = now_us()
+                    from .batcher import TR
+                    TR.append(("send", send_us, recv_us))
                     await ws.send(encode_frame(kind, seq, index, payload, s.dtype, recv_us,
                                                send_us, final))
                     self.metrics.record_send(payload.shape[0] if kind != 4 else 1,
