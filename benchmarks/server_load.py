@@ -64,7 +64,7 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
         cmd += ["--backend", args.backend]
     if args.gil_switch_interval is not None:
         cmd += ["--gil-switch-interval", str(args.gil_switch_interval)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # BLAS single-threaded; --threads is the model's
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     m = re.search(r"ws://[\d.]+:(\d+)", line)

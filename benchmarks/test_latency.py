@@ -124,3 +124,62 @@ def test_mimi_peer(benchmark):
                                  "streams_per_core": result["streams_per_core"],
                                  "encode_p50_ms": result["encode_step"]["p50_ms"],
                                  "decode_p50_ms": result["decode_step"]["p50_ms"]})
+
+
+@pytest.mark.parametrize("streams", [1, 10, 50, 100])
+def test_server_batched_step(benchmark, tok, streams):
+    """What a server's batcher pays per round: one frame for each of ``streams`` sessions
+    that share a state pool (latents only, the load benchmark's setting), one
+    ``Tokenizer.step_sessions`` call."""
+    audio = _speech(tok, 12.0)
+    hop = tok.hop_length
+    pool = tok.session_pool(streams, representations=False)
+    sessions = [pool.session() for _ in range(streams)]
+    starts = [(37 * i) % 200 for i in range(streams)]  # different places in the clip
+
+    def step(k=[0]):
+        chunks = [audio[(s + k[0]) % 250 * hop:((s + k[0]) % 250 + 1) * hop] for s in starts]
+        k[0] += 1
+        return Tokenizer.step_sessions(sessions, chunks)
+
+    for _ in range(5):
+        step()
+    benchmark.pedantic(step, rounds=60, iterations=1)
+    _p99(benchmark)
+    benchmark.extra_info["ms_per_stream"] = benchmark.stats.stats.median * 1e3 / streams
+
+
+def test_batched_step_beside_busy_event_loop(benchmark, tok):
+    """A 4-stream batched step while another thread runs Python half the time (2 ms busy,
+    2 ms asleep), as a server's event loop does: how much the step loses waiting for the GIL.
+    Compare with ``test_server_batched_step`` at a similar batch."""
+    import threading
+    import time as _time
+    audio = _speech(tok, 4.0)
+    hop = tok.hop_length
+    pool = tok.session_pool(4, representations=False)
+    sessions = [pool.session() for _ in range(4)]
+    stop = threading.Event()
+
+    def busy_loop():
+        while not stop.is_set():
+            t = _time.perf_counter()
+            while _time.perf_counter() - t < 0.002:
+                pass
+            _time.sleep(0.002)
+
+    def step(k=[0]):
+        a = (k[0] % 90) * hop
+        k[0] += 1
+        return Tokenizer.step_sessions(sessions, [audio[a:a + hop]] * 4)
+
+    for _ in range(5):
+        step()
+    th = threading.Thread(target=busy_loop, daemon=True)
+    th.start()
+    try:
+        benchmark.pedantic(step, rounds=100, iterations=1)
+    finally:
+        stop.set()
+        th.join()
+    _p99(benchmark)

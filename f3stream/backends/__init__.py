@@ -53,7 +53,7 @@ def create_engine(backend: str, model: "F3Model", device: "torch.device", **opti
         except ImportError as e:
             raise missing_package("numba", "numba", e) from None
         from .numba_backend import NumbaEngine
-        return NumbaEngine(model, device, **options)
+        return NumbaEngine(model, device)
     if backend == "onnx":
         try:
             import onnxruntime  # noqa: F401  (``onnx`` itself is only needed to export)

@@ -15,7 +15,6 @@ positions): a step consumes the state it is given and returns it.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -435,15 +434,7 @@ class NumbaEngine(NumpyStateEngine):
 
     name = "numba"
 
-    #: batches smaller than this are never split across threads (splitting costs a handoff)
-    SPLIT_MIN_BATCH = 8
-
-    def __init__(self, model: F3Model, device: torch.device | None = None, threads: int = 1):
-        """``threads > 1`` splits batched steps of at least :attr:`SPLIT_MIN_BATCH` streams
-        into that many parts run at once (the kernels release the GIL; streams are
-        independent, so the numbers do not change)."""
-        if threads < 1:
-            raise F3StreamError(f"threads must be >= 1, got {threads}")
+    def __init__(self, model: F3Model, device: torch.device | None = None):
         if device is not None and torch.device(device).type != "cpu":
             raise F3StreamError(f"the numba backend runs on the CPU only, not {device}; use "
                                 "device='cpu' (or backend='torch'/'onnx' for a GPU)")
@@ -472,9 +463,6 @@ class NumbaEngine(NumpyStateEngine):
             "dec_basis": _f32(dec.basis),
         }
         self._empty_buf = np.zeros((1, ae.conv_channels, 0), np.float32)
-        self.threads = int(threads)
-        self._pool = (ThreadPoolExecutor(self.threads - 1, thread_name_prefix="f3stream-numba")
-                      if self.threads > 1 else None)
         self._enc_convs = self._layers(self.w["enc_convs"], _CONV_NDIMS)
         self._dec_convs = self._layers(self.w["dec_convs"], _CONV_NDIMS)
         self._enc_tr = self._layers(self.w["enc_tr"], _LAYER_NDIMS)
@@ -532,21 +520,11 @@ class NumbaEngine(NumpyStateEngine):
             reps = (np.zeros((bsz, 0, self.cfg.representation.output_dim), np.float32)
                     if with_reps else None)
             return lat, reps
-        if self._pool is None or bsz < max(self.SPLIT_MIN_BATCH, self.threads):
-            z, reps = self._encode_part(wav, state, rows, with_reps)
-        else:
-            cuts = np.linspace(0, bsz, self.threads + 1).astype(int)
-            parts = [(wav[a:b], rows[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-            futures = [self._pool.submit(self._encode_part, w_, state, r_, with_reps)
-                       for w_, r_ in parts[1:]]
-            done = [self._encode_part(*parts[0], state, with_reps)]
-            done += [f.result() for f in futures]
-            z = np.concatenate([d[0] for d in done])
-            reps = np.concatenate([d[1] for d in done]) if with_reps else None
+        z, reps = self._run_encode_kernels(wav, state, rows, with_reps)
         z = z.reshape(bsz, t_len, -1)
         return z, (None if reps is None else reps.reshape(bsz, t_len, -1))
 
-    def _encode_part(self, wav, state, rows, with_reps):
+    def _run_encode_kernels(self, wav, state, rows, with_reps):
         """One whole-step kernel call (plus one for representations) for these rows."""
         w = self.w
         conv_w, n_conv = self._enc_convs

@@ -180,7 +180,7 @@ class Batcher:
                     w.session.dead = True
                     w.session.inbox.clear()
             TR.append(("delivered", time.time_ns()//1000, 0))
-            if any(s.inbox for s in self.sessions()):
+            if any(s.needs_step for s in self.sessions()):
                 self.wake.set()
 
     async def stop(self) -> None:

@@ -59,8 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        allowed_origins=args.allowed_origin or None,
                        gil_switch_interval=args.gil_switch_interval)
     backend = args.backend or serve_backend(args.device)
-    options = {"threads": args.threads} if backend == "numba" and args.threads else {}
-    tok = Tokenizer.load(args.checkpoint, args.device, backend, **options)
+    tok = Tokenizer.load(args.checkpoint, args.device, backend)
 
     def ready(server) -> None:
         print(f"f3stream serve: listening on ws://{args.host}:{server.port} (protocol v1; "
@@ -153,9 +152,8 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                    help="accept browser connections only from this Origin (repeatable); "
                         "clients that send no Origin are accepted")
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for the model: torch's intra-op threads, or with numba "
-                        "how many parts a batched step is split into (default: torch's "
-                        "choice; numba 1)")
+                   help="torch CPU threads for the model (default: torch's choice; the numba "
+                        "engine runs each step on one thread)")
     p.add_argument("--gil-switch-interval", type=float, default=0.0005, metavar="S",
                    help=argparse.SUPPRESS)  # see ServerConfig.gil_switch_interval
     p.add_argument("--quiet", action="store_true", help="log warnings only")

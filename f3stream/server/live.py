@@ -98,18 +98,22 @@ class LiveSession:
     """A connected, handshaken client."""
 
     def __init__(self, sid: int, ws: Any, hello: Hello, coder: Any, outbox_limit: int,
-                 control_cost: int):
+                 frame_length: int):
         self.id = sid
         self.ws = ws
         self.hello = hello
         self.coder = coder                 # EncoderSession or DecoderSession
         self.encoder = hello.direction == "encode"
         self.dtype = DTYPES[hello.payload_dtype]
-        self.control_cost = control_cost   # what a queued control op counts as in `pending`
+        # input per output frame (samples, or 1 latent frame); a queued control op counts as
+        # one frame in `pending`, so a flood of them also meets backpressure
+        self.frame_length = frame_length
         self.inbox: deque[Op] = deque()
         self.outbox = Outbox(outbox_limit)
         self.pending = 0                   # samples (or frames) queued, not yet processed
         self.position = 0                  # stream position after the last queued op
+        self.frames_queued = 0             # whole frames (encoder) up to `position`
+        self.needs_step = False            # queued input the model must see now
         self.total_in = 0                  # samples (or frames) received over the connection
         self.stream_open = True            # False after a queued flush, until a reset
         self.dead = False                  # failed or closing: ignore further input
@@ -119,21 +123,34 @@ class LiveSession:
         self.space.set()
 
     # -- input side (handler) -----------------------------------------------------------------
-    def enqueue(self, op: Op) -> None:
+    def enqueue(self, op: Op) -> bool:
+        """Queues ``op``; True if the model has new work: a control op, decoder latents, or
+        audio that completes a frame. Audio that completes none waits in the inbox (it is
+        merged into the next step), so a 20 ms chunk does not cost a model round of its own."""
         if op.data is not None:
             n = int(op.data.shape[0])
             self.pending += n
             self.total_in += n
             self.position += n
             op.end_sample = self.position
-        else:  # control ops count too, so a flood of them also meets backpressure
-            self.pending += self.control_cost
-            if op.kind == "reset":
-                self.position = 0
-                self.stream_open = True
-            else:
-                self.stream_open = False
+            self.inbox.append(op)
+            if self.encoder:
+                frames = self.position // self.frame_length
+                if frames == self.frames_queued:
+                    return False
+                self.frames_queued = frames
+            self.needs_step = True
+            return True
+        self.pending += self.frame_length
+        if op.kind == "reset":
+            self.position = 0
+            self.frames_queued = 0
+            self.stream_open = True
+        else:
+            self.stream_open = False
         self.inbox.append(op)
+        self.needs_step = True
+        return True
 
     def take_work(self) -> Work | None:
         """Leading data ops (merged into one chunk) plus the control op after them, if any."""
@@ -146,12 +163,13 @@ class LiveSession:
             marks.append((op.end_sample, op.recv_us))
         control = self.inbox.popleft() if self.inbox else None
         if control is not None:
-            self.pending -= self.control_cost
+            self.pending -= self.frame_length
         data = None
         if parts:
             data = parts[0] if len(parts) == 1 else np.concatenate(parts)
             self.pending -= int(data.shape[0])
         self.space.set()
+        self.needs_step = bool(self.inbox)  # ops after a control op wait for the next round
         return Work(self, data, marks, control)
 
     # -- output side --------------------------------------------------------------------------

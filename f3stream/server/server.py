@@ -270,7 +270,7 @@ class F3Server:
             try:
                 if isinstance(msg, str):
                     kind = parse_control(parse_text(msg))
-                    s.enqueue(Op(kind, recv_us))
+                    wake = s.enqueue(Op(kind, recv_us))
                     if kind == "close":
                         s.dead = True  # flush, say goodbye, close: ignore anything after
                 else:
@@ -283,12 +283,12 @@ class F3Server:
                     if s.total_in + data.shape[0] > limit:
                         raise ProtocolError("session_too_long", "the session exceeded "
                                             f"{self.cfg.max_session_seconds:g} s")
-                    if data.shape[0]:
-                        s.enqueue(Op("data", recv_us, data))
+                    wake = bool(data.shape[0]) and s.enqueue(Op("data", recv_us, data))
             except ProtocolError as e:
                 self._fail(s, e.code, e.message)
                 continue
-            self.batcher.wake.set()
+            if wake:
+                self.batcher.wake.set()
 
     async def _reap_idle(self) -> None:
         """Closes sessions that sent nothing for idle_timeout (one timer for all sessions
