@@ -7,6 +7,7 @@ chunk that completed a frame -> that frame's arrival) and the server's own recei
 latency from the frame headers.
 
     python benchmarks/server_load.py --clients 100 --duration 20 --return latents
+    python benchmarks/server_load.py --clients 100 --duration 20 --direction decode
 """
 
 from __future__ import annotations
@@ -28,6 +29,32 @@ from f3stream.server.client import AsyncClient
 from f3stream.server.protocol import percentile
 
 SR, HOP = 24000, 960
+
+
+async def one_decode_client(url: str, seed: int, duration: float, start_delay: float) -> dict:
+    """Sends one latent frame every 40 ms (as an agent generating speech would) and receives
+    the decoded audio; a frame counts as received when its 960 samples have arrived."""
+    await asyncio.sleep(start_delay)
+    rng = np.random.RandomState(seed)
+    n = int(duration * SR / HOP)
+    z = rng.randn(n, 64).astype(np.float32)
+    async with AsyncClient(url, direction="decode") as c:
+        t0 = time.perf_counter()
+        late = 0
+        for i in range(n):
+            delay = t0 + i * HOP / SR - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -HOP / SR:
+                late += 1
+            await c.send_latents(z[i:i + 1])
+        await c.close(timeout=60)
+        res = c.result()
+        err = c.error
+    samples = 0 if res.audio is None else res.audio.size
+    return {"expected": n, "received": samples // HOP, "latency": res.latency_ms,
+            "server_latency": res.server_latency_ms, "late_sends": late,
+            "error": str(err) if err else None}
 
 
 async def one_client(url: str, seed: int, duration: float, chunk_ms: float, returns: str,
@@ -76,15 +103,20 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
 
 async def run(args, port: int) -> dict:
     url = f"ws://127.0.0.1:{port}"
-    results = await asyncio.gather(*[
-        one_client(url, i, args.duration, args.chunk_ms, args.returns,
-                   (i / args.clients) * 0.04) for i in range(args.clients)])
+    if args.direction == "decode":
+        clients = [one_decode_client(url, i, args.duration, (i / args.clients) * 0.04)
+                   for i in range(args.clients)]
+    else:
+        clients = [one_client(url, i, args.duration, args.chunk_ms, args.returns,
+                              (i / args.clients) * 0.04) for i in range(args.clients)]
+    results = await asyncio.gather(*clients)
     lat = [x for r in results for x in r["latency"]]
     slat = [x for r in results for x in r["server_latency"]]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
         metrics = json.loads(f.read())
     return {
-        "clients": args.clients, "duration_s": args.duration, "return": args.returns,
+        "clients": args.clients, "duration_s": args.duration, "direction": args.direction,
+        "return": args.returns if args.direction == "encode" else "audio",
         "chunk_ms": args.chunk_ms, "server_threads": args.threads, "backend": args.backend,
         "gil_switch_interval": args.gil_switch_interval,
         "load_average_at_end": os.getloadavg(),
@@ -106,6 +138,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of audio per client")
     p.add_argument("--chunk-ms", type=float, default=20.0)
+    p.add_argument("--direction", choices=("encode", "decode"), default="encode",
+                   help="encode: audio in, tokens out; decode: one latent frame per 40 ms in, "
+                        "audio out")
     p.add_argument("--return", dest="returns", default="latents",
                    choices=("latents", "representations", "both"))
     p.add_argument("--threads", type=int, default=1, help="server torch threads")

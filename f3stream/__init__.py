@@ -7,8 +7,8 @@ causal decoder -> waveform, and a causal representation encoder over the latents
 from .config import AutoencoderConfig, RepresentationConfig, TokenizerConfig
 from .errors import (AudioInputError, CheckpointError, ConfigError, F3StreamError,
                      SessionClosedError)
-from .session import (DecoderSession, EncodedFrames, EncoderSession, EncoderStatePool,
-                      PoolFullError)
+from .session import (DecoderSession, DecoderStatePool, EncodedFrames, EncoderSession,
+                      EncoderStatePool, PoolFullError)
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -23,5 +23,6 @@ def load(path=None, device="cpu", backend="torch", **backend_options) -> Tokeniz
 __all__ = [
     "AudioInputError", "AutoencoderConfig", "CheckpointError", "ConfigError", "DecoderSession",
     "EncodedFrames", "EncoderSession", "F3StreamError", "RepresentationConfig",
-    "PoolFullError", "EncoderStatePool", "SessionClosedError", "Tokenizer", "TokenizerConfig", "load", "__version__",
+    "DecoderStatePool", "EncoderStatePool", "PoolFullError", "SessionClosedError", "Tokenizer",
+    "TokenizerConfig", "load", "__version__",
 ]

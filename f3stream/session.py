@@ -40,33 +40,21 @@ class PoolFullError(F3StreamError):
     """Every row of an :class:`EncoderStatePool` is in use."""
 
 
-class EncoderStatePool:
-    """The encoder states of up to ``capacity`` streams, as rows of one batched state.
+class _StatePool:
+    """Rows of one batched state, handed out to sessions (see :class:`EncoderStatePool`)."""
 
-    Why: batching sessions that each own a state means concatenating their states before every
-    model step and splitting them after (for a 100-stream server step that copying cost as
-    much as a third of the model itself). Sessions made by :meth:`session` keep their state in
-    a row here, and a batched step works on the rows in place. Rows are zero at a stream's
-    start (every fresh state is zeros) and are zeroed again on reset or release.
-    """
-
-    def __init__(self, tokenizer: "Tokenizer", capacity: int, representations: bool = True):
+    def __init__(self, tokenizer: "Tokenizer", capacity: int, state: State):
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
         self.tokenizer = tokenizer
         self.capacity = int(capacity)
-        self.with_representations = representations
-        self.state: State = tokenizer.engine.init_encode_state(capacity, representations)
+        self.state = state
         self._free = list(range(capacity - 1, -1, -1))
         self._lock = threading.Lock()
 
     @property
     def free_rows(self) -> int:
         return len(self._free)
-
-    def session(self) -> "EncoderSession":
-        """A new session whose state lives in this pool; raises :class:`PoolFullError`."""
-        return EncoderSession(self.tokenizer, self.with_representations, pool=self)
 
     def _acquire(self) -> int:
         with self._lock:
@@ -82,6 +70,36 @@ class EncoderStatePool:
     def row_state(self, row: int) -> State:
         """Row ``row`` as a batch-1 state of views (numpy/torch slices, no copy)."""
         return {k: v[row:row + 1] for k, v in self.state.items()}
+
+
+class EncoderStatePool(_StatePool):
+    """The encoder states of up to ``capacity`` streams, as rows of one batched state.
+
+    Why: batching sessions that each own a state means concatenating their states before every
+    model step and splitting them after (for a 100-stream server step that copying cost as
+    much as a third of the model itself). Sessions made by :meth:`session` keep their state in
+    a row here, and a batched step works on the rows in place. Rows are zero at a stream's
+    start (every fresh state is zeros) and are zeroed again on reset or release.
+    """
+
+    def __init__(self, tokenizer: "Tokenizer", capacity: int, representations: bool = True):
+        super().__init__(tokenizer, capacity,
+                         tokenizer.engine.init_encode_state(capacity, representations))
+        self.with_representations = representations
+
+    def session(self) -> "EncoderSession":
+        """A new session whose state lives in this pool; raises :class:`PoolFullError`."""
+        return EncoderSession(self.tokenizer, self.with_representations, pool=self)
+
+
+class DecoderStatePool(_StatePool):
+    """The decoder states of up to ``capacity`` streams (as :class:`EncoderStatePool`)."""
+
+    def __init__(self, tokenizer: "Tokenizer", capacity: int):
+        super().__init__(tokenizer, capacity, tokenizer.engine.init_decode_state(capacity))
+
+    def session(self) -> "DecoderSession":
+        return DecoderSession(self.tokenizer, pool=self)
 
 
 class EncoderSession:
@@ -146,11 +164,18 @@ class EncoderSession:
         """Bytes of model state this session holds (constant for the stream's whole life)."""
         return self.tokenizer.engine.state_nbytes(self.state) + self._pending.nbytes
 
-    def _take_ready(self, pcm) -> np.ndarray:
+    def _check_chunk(self, pcm) -> np.ndarray:
+        """Validates a chunk without changing the session."""
         self._check_live()
         if self.closed:
             raise SessionClosedError("session was flushed; call reset() to start a new stream")
-        x = as_mono_float32(pcm, name="audio chunk", allow_empty=True)
+        return as_mono_float32(pcm, name="audio chunk", allow_empty=True)
+
+    def _take_ready(self, pcm) -> np.ndarray:
+        return self._commit(self._check_chunk(pcm))
+
+    def _commit(self, x: np.ndarray) -> np.ndarray:
+        """Buffers a validated chunk; returns the whole frames now ready."""
         self.samples_received += x.size
         buf = np.concatenate([self._pending, x]) if self._pending.size else x
         n_ready = (buf.size // self.hop) * self.hop
@@ -182,33 +207,64 @@ class EncoderSession:
 
 class DecoderSession:
     """Latents in, waveform out. The output is aligned with the encoder's input: the decoder's
-    overlap-add delay is absorbed (the first chunk is shorter) and returned by ``flush``."""
+    overlap-add delay is absorbed (the first chunk is shorter) and returned by ``flush``.
+    Its state is a row of a :class:`DecoderStatePool` (a private one-row pool by default)."""
 
-    def __init__(self, tokenizer: "Tokenizer"):
+    def __init__(self, tokenizer: "Tokenizer", pool: DecoderStatePool | None = None):
+        if pool is not None and pool.tokenizer is not tokenizer:
+            raise ValueError("the pool belongs to another tokenizer")
         self.tokenizer = tokenizer
-        self.reset()
+        self.pool = pool if pool is not None else DecoderStatePool(tokenizer, 1)
+        self.row = self.pool._acquire()
+        self._released = False
+        self._init_counters()
 
-    def reset(self) -> None:
-        self.state: State = self.tokenizer.engine.init_decode_state(1)
+    def _init_counters(self) -> None:
         self._to_skip = self.tokenizer.config.autoencoder.decoder_delay
         self.frames_received = 0
         self.closed = False
+
+    def reset(self) -> None:
+        self._check_live()
+        self.tokenizer.engine.zero_rows(self.pool.state, [self.row])
+        self._init_counters()
+
+    def release(self) -> None:
+        """Gives the state row back to a shared pool (idempotent); see
+        :meth:`EncoderSession.release`."""
+        if not self._released:
+            self._released = True
+            self.closed = True
+            self.pool._release(self.row)
+
+    def _check_live(self) -> None:
+        if self._released:
+            raise SessionClosedError("session was released; make a new one")
+
+    @property
+    def state(self) -> State:
+        return self.pool.row_state(self.row)
 
     @property
     def state_nbytes(self) -> int:
         return self.tokenizer.engine.state_nbytes(self.state)
 
-    def push(self, latents) -> np.ndarray:
-        """``[n, latent_dim]`` latents (n may be 0) -> the samples they completed."""
+    def _check(self, latents) -> np.ndarray:
+        """Validates latents without changing the session."""
+        self._check_live()
         if self.closed:
             raise SessionClosedError("session was flushed; call reset() to start a new stream")
-        z = self.tokenizer._check_latents(latents, allow_empty=True)
+        return self.tokenizer._check_latents(latents, allow_empty=True)
+
+    def push(self, latents) -> np.ndarray:
+        """``[n, latent_dim]`` latents (n may be 0) -> the samples they completed."""
+        z = self._check(latents)
         self.frames_received += z.shape[0]
-        wav, self.state = self.tokenizer._decode_array(z, self.state)
-        return self._skip(wav)
+        return self._skip(self.tokenizer._decode_array(z, self.pool.state, self.row))
 
     def flush(self) -> np.ndarray:
         """Ends the stream: returns the last ``decoder_delay`` samples held back."""
+        self._check_live()
         if self.closed:
             raise SessionClosedError("session was already flushed; call reset()")
         self.closed = True
@@ -243,7 +299,8 @@ def step_encoder_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
         raise ValueError("all sessions must agree on returning representations")
     if len({id(s) for s in sessions}) != len(sessions):
         raise ValueError("a session appears twice")
-    ready = [s._take_ready(c) for s, c in zip(sessions, chunks)]
+    checked = [s._check_chunk(c) for s, c in zip(sessions, chunks)]  # a bad chunk raises
+    ready = [s._commit(x) for s, x in zip(sessions, checked)]        # before any state moves
     n_frames = [r.size // tok.hop_length for r in ready]
     lat: list[list[np.ndarray]] = [[] for _ in sessions]
     rep: list[list[np.ndarray]] = [[] for _ in sessions]
@@ -287,6 +344,50 @@ def _step_batched(tok, sessions, ready, n_frames, lat, rep) -> None:
             if r is not None:
                 rep[i].append(r[j])
             done[i] += t
+
+
+def step_decoder_sessions(sessions: Sequence[DecoderSession], latents: Sequence
+                          ) -> list[np.ndarray]:
+    """Pushes ``latents[i]`` (``[n_i, latent_dim]``) into ``sessions[i]`` for all i, decoding
+    the frames of all sessions in batched steps (in place on their pool's rows when they
+    share a pool). Returns what separate ``push`` calls would, up to float rounding."""
+    if len(sessions) != len(latents):
+        raise ValueError("need exactly one latent chunk per session")
+    if not sessions:
+        return []
+    tok = sessions[0].tokenizer
+    if any(s.tokenizer is not tok for s in sessions):
+        raise ValueError("all sessions must share one Tokenizer")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise ValueError("a session appears twice")
+    zs = [s._check(z) for s, z in zip(sessions, latents)]  # a bad chunk raises before any
+    for s, z in zip(sessions, zs):                          # session changes
+        s.frames_received += z.shape[0]
+    out: list[list[np.ndarray]] = [[] for _ in sessions]
+    engine = tok.engine
+    shared = sessions[0].pool
+    one_pool = all(s.pool is shared for s in sessions)
+    done = [0] * len(sessions)
+    while True:
+        active = [i for i, z in enumerate(zs) if done[i] < z.shape[0]]
+        if not active:
+            break
+        t = min(zs[i].shape[0] - done[i] for i in active)
+        z = np.stack([zs[i][done[i]:done[i] + t] for i in active])
+        if one_pool:
+            rows = np.array([sessions[i].row for i in active], dtype=np.int64)
+            wav = engine.decode_rows(z, shared.state, rows)
+        else:
+            state = engine.concat_states([sessions[i].state for i in active])
+            wav = engine.decode_rows(z, state, np.arange(len(active)))
+            for i, part in zip(active, engine.split_state(state, [1] * len(active))):
+                for k, v in part.items():
+                    sessions[i].pool.state[k][sessions[i].row:sessions[i].row + 1] = v
+        for j, i in enumerate(active):
+            out[i].append(wav[j])
+            done[i] += t
+    return [s._skip(np.concatenate(o) if o else np.zeros(0, np.float32))
+            for s, o in zip(sessions, out)]
 
 
 def _cat(parts: list[np.ndarray], dim: int) -> np.ndarray:

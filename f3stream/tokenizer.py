@@ -16,8 +16,8 @@ from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_stri
 from .config import TokenizerConfig
 from .errors import AudioInputError
 from .model import F3Model
-from .session import (DecoderSession, EncodedFrames, EncoderSession, EncoderStatePool,
-                      step_encoder_sessions)
+from .session import (DecoderSession, DecoderStatePool, EncodedFrames, EncoderSession,
+                      EncoderStatePool, step_decoder_sessions, step_encoder_sessions)
 from .streaming import State
 
 Backend = Literal["torch", "numba", "onnx"]
@@ -175,6 +175,16 @@ class Tokenizer:
     def decoder_session(self) -> DecoderSession:
         return DecoderSession(self)
 
+    def decoder_pool(self, capacity: int) -> DecoderStatePool:
+        """Room for ``capacity`` decoder sessions batched in place (see :meth:`session_pool`)."""
+        return DecoderStatePool(self, capacity)
+
+    @staticmethod
+    def step_decoder_sessions(sessions: Sequence[DecoderSession], latents: Sequence
+                              ) -> list[np.ndarray]:
+        """Pushes one latent chunk into each decoder session, batching the model work."""
+        return step_decoder_sessions(sessions, latents)
+
     @staticmethod
     def step_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
                       ) -> list[EncodedFrames]:
@@ -203,11 +213,11 @@ class Tokenizer:
                     else np.zeros((0, self.representation_dim), np.float32))
         return latents, reps
 
-    def _decode_array(self, z: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    def _decode_array(self, z: np.ndarray, state: State, row: int = 0) -> np.ndarray:
+        """Latent frames -> samples, advancing the stream at row ``row`` of ``state``."""
         if z.shape[0] == 0:
-            return np.zeros(0, np.float32), state
-        wav, state = self.engine.decode_step(z[None], state)
-        return wav[0], state
+            return np.zeros(0, np.float32)
+        return self.engine.decode_rows(z[None], state, np.array([row], dtype=np.int64))[0]
 
     def _check_latents(self, latents, allow_empty: bool = False) -> np.ndarray:
         z = to_numpy(latents, "latents")

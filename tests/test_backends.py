@@ -316,3 +316,44 @@ def test_numba_gelu_and_blocked_linear_match_reference():
         a = rng.standard_normal((n, k)).astype(np.float32)
         ref = a.astype(np.float64) @ w + b
         assert np.abs(nb._linear(a, w, b) - ref).max() <= 1e-3, n
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+def test_pooled_decoder_sessions_equal_private_sessions(toks, backend):
+    """Batched decoding of decoder sessions that share a pool (changing subsets, uneven chunk
+    lengths, a reset and a reused row) gives what private sessions give, and flush tails
+    match."""
+    tok = toks[backend]
+    fresh = tok.engine.init_decode_state(2)
+    assert all(not np.asarray(v).any() for v in fresh.values())  # zeroed rows == fresh
+    zs = [tok.encode(noise(1.2, 30 + i)) for i in range(3)]
+    pool = tok.decoder_pool(4)
+    pooled = [pool.session() for _ in zs]
+    solo = [tok.decoder_session() for _ in zs]
+    rng = np.random.default_rng(3)
+    pos = [0] * 3
+    for step in range(6):
+        if step == 2:
+            pooled[0].reset(), solo[0].reset()
+            pos[0] = 0
+        if step == 3:
+            pooled[1].release()
+            pooled[1], solo[1] = pool.session(), tok.decoder_session()
+            pos[1] = 0
+        members = [i for i in range(3) if rng.random() < 0.8] or [2]
+        chunks = []
+        for i in members:
+            n = int(rng.choice([0, 1, 2, 5]))
+            chunks.append(zs[i][pos[i]:pos[i] + n])
+            pos[i] += n
+        got = Tokenizer.step_decoder_sessions([pooled[i] for i in members], chunks)
+        for g, i, c in zip(got, members, chunks):
+            ref = solo[i].push(c)
+            assert g.shape == ref.shape
+            if ref.size:
+                assert maxdiff(g, ref) <= 1e-5
+    for p, s in zip(pooled, solo):
+        a, b = p.flush(), s.flush()
+        assert a.shape == b.shape and (not a.size or maxdiff(a, b) <= 1e-5)
+    with pytest.raises(f3stream.PoolFullError):
+        [pool.session() for _ in range(2)]

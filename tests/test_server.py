@@ -192,6 +192,31 @@ def test_decode_direction_equals_tokenizer_decode(tiny_tokenizer):
         assert np.abs(audio - ref).max() <= TOL
 
 
+def test_concurrent_decode_clients_are_batched_and_exact(tiny_tokenizer, monkeypatch):
+    """Decode-direction sessions share a state pool and are decoded in batched steps; each
+    client still gets exactly Tokenizer.decode of its latents."""
+    from f3stream import Tokenizer
+    lats = [tiny_tokenizer.encode(noise(60 + i, 9000 + 2500 * i)) for i in range(5)]
+    sizes: list[int] = []
+
+    def recording_step(sessions, chunks):
+        sizes.append(len(sessions))
+        return Tokenizer.step_decoder_sessions(sessions, chunks)
+
+    monkeypatch.setattr(tiny_tokenizer, "step_decoder_sessions", recording_step)
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            return await asyncio.gather(*[decode_latents_remote(url, z, frames_per_message=1 + i)
+                                          for i, z in enumerate(lats)])
+
+    for z, audio in zip(lats, run(main())):
+        ref = tiny_tokenizer.decode(z)
+        assert audio.shape == ref.shape
+        assert np.abs(audio - ref).max() <= TOL
+    assert max(sizes) > 1  # at least one step decoded several sessions at once
+
+
 # -- hostile input ----------------------------------------------------------------------------
 HELLO = {"type": "hello", "version": 1, "sample_rate": 24000, "format": "pcm16"}
 

@@ -52,6 +52,19 @@ class Engine:
             state[k][idx] = v
         return z, r
 
+    def decode_rows(self, z: np.ndarray, state: State, rows: np.ndarray) -> np.ndarray:
+        """:meth:`decode_step` for the streams at rows ``rows`` of a batched decoder state,
+        updated in place (see :meth:`encode_rows`)."""
+        if len(rows) == self._batch(state) and np.array_equal(rows, np.arange(len(rows))):
+            wav, new = self.decode_step(z, state)
+            state.update(new)
+            return wav
+        idx = self._index(rows)
+        wav, new = self.decode_step(z, {k: v[idx] for k, v in state.items()})
+        for k, v in new.items():
+            state[k][idx] = v
+        return wav
+
     def zero_rows(self, state: State, rows: np.ndarray) -> None:
         """Resets the streams at ``rows`` of a batched state to a fresh start, in place."""
         idx = self._index(rows)

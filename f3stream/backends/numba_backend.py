@@ -283,14 +283,14 @@ def _channel_norm_(z, eps):
 
 
 @njit(cache=True, nogil=True)
-def _istft_ola(out, basis, carry, max_log_mag, hop):
+def _istft_ola(out, basis, carry, rows, max_log_mag, hop):
     """Log-magnitude/phase ``out [B*T4, 2F]`` -> spectrum -> iDFT -> overlap-add.
 
-    ``carry [B, n_fft - hop]`` is updated in place; returns ``[B, T4 * hop]``."""
-    rows, two_f = out.shape
+    ``carry[rows[b]]`` (``[n_fft - hop]``) is updated in place; returns ``[B, T4 * hop]``."""
+    n_rows, two_f = out.shape
     nb = two_f // 2
-    spec = np.empty((rows, two_f), np.float32)
-    for i in range(rows):
+    spec = np.empty((n_rows, two_f), np.float32)
+    for i in range(n_rows):
         for k in range(nb):
             lm = out[i, k]
             if lm > max_log_mag:
@@ -300,20 +300,21 @@ def _istft_ola(out, basis, carry, max_log_mag, hop):
             spec[i, k] = mag * np.float32(math.cos(ph))
             spec[i, nb + k] = mag * np.float32(math.sin(ph))
     frames = np.dot(spec, basis)
-    bsz, keep = carry.shape
+    bsz = rows.shape[0]
+    keep = carry.shape[1]
     n_fft = frames.shape[1]
     m = n_fft // hop
-    t4 = rows // bsz
+    t4 = n_rows // bsz
     wav = np.empty((bsz, t4 * hop), np.float32)
     acc = np.zeros((t4 + m - 1) * hop, np.float32)
     for b in range(bsz):
         acc[:] = 0.0
-        acc[:keep] = carry[b]
+        acc[:keep] = carry[rows[b]]
         for j in range(t4):
             for s in range(n_fft):
                 acc[j * hop + s] += frames[b * t4 + j, s]
         wav[b] = acc[:t4 * hop]
-        carry[b] = acc[t4 * hop:]
+        carry[rows[b]] = acc[t4 * hop:]
     return wav
 
 
@@ -382,7 +383,7 @@ def _decode_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, bufs, conv_w, n_conv, 
                     rows)
     out = _linear(_layer_norm(h.reshape(bsz * t_len * group, h.shape[2]), norm_g, norm_b,
                               LN_EPS), out_w, out_b)
-    return _istft_ola(out, basis, carry, max_log_mag, hop)
+    return _istft_ola(out, basis, carry, rows, max_log_mag, hop)
 
 
 # -- weights --------------------------------------------------------------------------------
@@ -551,12 +552,17 @@ class NumbaEngine(NumpyStateEngine):
         return r.reshape(bsz, t_len, -1), state
 
     def decode_step(self, z, state):
+        wav = self.decode_rows(z, state, np.arange(np.shape(z)[0], dtype=np.int64))
+        return wav, state
+
+    def decode_rows(self, z, state, rows):
+        """In place on the decoder-state rows ``rows`` (see :meth:`encode_rows`)."""
         z = np.ascontiguousarray(z, dtype=np.float32)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
         bsz, t_len, _ = z.shape
         w = self.w
         if t_len == 0:
-            return np.zeros((bsz, 0), np.float32), state
-        rows = np.arange(bsz, dtype=np.int64)
+            return np.zeros((bsz, 0), np.float32)
         tr_w, n_tr = self._dec_tr
         conv_w, n_conv = self._dec_convs
         ks, vs, ps = self._attn_state(state, "transformer.", n_tr)
@@ -565,7 +571,7 @@ class NumbaEngine(NumpyStateEngine):
                              _c(state["ola.carry"]), *w["dec_in"], *w["dec_ungroup"],
                              *w["dec_norm"], *w["dec_out"], w["dec_basis"], self.max_log_mag,
                              self.stft_hop, self.group)
-        return wav, state
+        return wav
 
     def decode_tail(self, state):
         return state["ola.carry"].copy()

@@ -59,6 +59,10 @@ class TorchEngine(Engine):
         with torch.inference_mode():  # in-place row writes into inference tensors
             return super().encode_rows(wav, state, rows)
 
+    def decode_rows(self, z, state, rows):
+        with torch.inference_mode():
+            return super().decode_rows(z, state, rows)
+
     def zero_rows(self, state, rows):
         with torch.inference_mode():
             super().zero_rows(state, rows)

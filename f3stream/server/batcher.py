@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..session import EncoderSession
+from ..session import DecoderSession, EncoderSession
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work
 from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
@@ -27,55 +27,64 @@ log = logging.getLogger("f3stream.server")
 TR = []
 def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
     """Runs in the worker thread. Never raises: failures are recorded on the item."""
-    TR.append(("cstart", time.time_ns()//1000, 0))
-    try:
-        return _compute(tok, items)
-    finally:
-        TR.append(("cend", time.time_ns()//1000, 0))
-def _compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
-    groups: dict[int, list[Work]] = {}  # one batched step per state pool (pools hold one
-    for w in items:                     # output choice each, so reps and latents-only split)
-        if w.data is not None and w.session.encoder:
-            groups.setdefault(id(w.session.coder.pool), []).append(w)
-    for group in groups.values():
-        _encode_group(tok, group)
+    encode: dict[int, list[Work]] = {}  # one batched step per state pool (an encoder pool
+    decode: dict[int, list[Work]] = {}  # holds one output choice, so reps/latents split)
     for w in items:
-        if w.error is not None:
+        if w.data is not None:
+            groups = encode if w.session.encoder else decode
+            groups.setdefault(id(w.session.coder.pool), []).append(w)
+    for group in encode.values():
+        _encode_group(tok, group)
+    for group in decode.values():
+        _decode_group(tok, group)
+    for w in items:
+        if w.error is not None or w.control is None:
             continue
         try:
-            if w.data is not None and not w.session.encoder:
-                wav = w.session.coder.push(w.data)
-                start = w.session.coder.frames_received - w.data.shape[0]
-                _emit_audio(w, start, wav, w.marks[-1][1])
-            if w.control is not None:
-                _control(w)
+            _control(w)
         except Exception as e:  # noqa: BLE001 - one session's failure must not stop others
             log.exception("session %s failed", w.session.id)
             w.error = ("internal", f"{type(e).__name__}: {e}")
     return items
 
 
-def _encode_group(tok: Tokenizer, group: list[Work]) -> None:
+def _batched(group: list[Work], step, push, progress) -> list:
+    """Runs ``step`` over the group; if it fails, isolates the failing session: when nothing
+    was consumed, each session is retried alone (``push``); when input was consumed the
+    streams' states are unknown, so those sessions end with an error. Returns one result per
+    item (None for failed items)."""
     coders = [w.session.coder for w in group]
-    before = [c.samples_received for c in coders]
+    before = [progress(c) for c in coders]
     try:
-        results = tok.step_sessions(coders, [w.data for w in group])
+        return step(coders, [w.data for w in group])
     except Exception as e:  # noqa: BLE001
         log.exception("batched step failed")
-        if [c.samples_received for c in coders] != before:
-            # the step consumed input before failing: these streams' states are unknown, so
-            # ending them is the only honest answer (other groups are unaffected)
+        if [progress(c) for c in coders] != before:
             for w in group:
                 w.error = ("internal", f"batched model step failed: {type(e).__name__}: {e}")
-            return
-        # nothing was consumed: retry one session at a time to isolate the failing one
-        results = []
-        for w in group:
-            try:
-                results.append(w.session.coder.push(w.data))
-            except Exception as e1:  # noqa: BLE001
-                w.error = ("internal", f"{type(e1).__name__}: {e1}")
-                results.append(None)
+            return [None] * len(group)
+    results = []
+    for w in group:
+        try:
+            results.append(push(w.session.coder, w.data))
+        except Exception as e1:  # noqa: BLE001
+            w.error = ("internal", f"{type(e1).__name__}: {e1}")
+            results.append(None)
+    return results
+
+
+def _decode_group(tok: Tokenizer, group: list[Work]) -> None:
+    results = _batched(group, tok.step_decoder_sessions, lambda c, z: c.push(z),
+                       lambda c: c.frames_received)
+    for w, wav in zip(group, results):
+        if wav is not None:
+            start = w.session.coder.frames_received - w.data.shape[0]
+            _emit_audio(w, start, wav, w.marks[-1][1])
+
+
+def _encode_group(tok: Tokenizer, group: list[Work]) -> None:
+    results = _batched(group, tok.step_sessions, lambda c, x: c.push(x),
+                       lambda c: c.samples_received)
     for w, r in zip(group, results):
         if r is not None and r.n_frames:
             end = (r.start_frame + r.n_frames) * tok.hop_length
@@ -135,9 +144,9 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.stopping = False
         self.busy = False                     # a step is running in the worker thread
-        self._retired: list[EncoderSession] = []
+        self._retired: list[EncoderSession | DecoderSession] = []
 
-    def retire(self, coder: EncoderSession) -> None:
+    def retire(self, coder: EncoderSession | DecoderSession) -> None:
         """Gives a finished session's pool row back, once no step can be using it."""
         self._retired.append(coder)
         if not self.busy:

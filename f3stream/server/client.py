@@ -142,10 +142,15 @@ class AsyncClient:
             self._flushed.set()
 
     def _latency(self, m: FrameMessage, t: float) -> None:
-        """Time from sending the chunk that completed the message's last frame to now."""
-        if m.final or m.kind == KIND_AUDIO:
+        """Time from sending the chunk that completed the message's last frame to now (for
+        audio: the latent message that completed the audio's last frame)."""
+        if m.final:
             return
-        end = (m.frame_index + m.n_rows) * int(self.ready.get("hop_length", 1))
+        hop = int(self.ready.get("hop_length", 1))
+        if m.kind == KIND_AUDIO:  # frame_index = first latent frame; positions are frames
+            end = m.frame_index + -(-m.payload.shape[1] // hop)
+        else:
+            end = (m.frame_index + m.n_rows) * hop
         k = bisect.bisect_left(self._marks, end)
         if k < len(self._times):
             self.latency_ms.append((t - self._times[k]) * 1000.0)

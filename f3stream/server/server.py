@@ -22,7 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ..session import EncoderSession, EncoderStatePool
+from ..session import DecoderSession, DecoderStatePool, EncoderSession, EncoderStatePool
 from ..tokenizer import Tokenizer
 from .batcher import Batcher
 from .live import LiveSession, Op, Work, now_us
@@ -70,7 +70,9 @@ class F3Server:
         self._ids = itertools.count(1)
         self._ws: Server | None = None
         self.batcher: Batcher | None = None
-        self._pools: dict[bool, list[EncoderStatePool]] = {False: [], True: []}
+        # encoder pools by "returns representations", decoder pools under None
+        self._pools: dict[bool | None, list[EncoderStatePool | DecoderStatePool]] = {
+            False: [], True: [], None: []}
         self.shutting_down = False
         self._closed = asyncio.Event()
 
@@ -176,8 +178,7 @@ class F3Server:
                 pass
             sender.cancel()
             self.sessions.pop(session.id, None)
-            if session.encoder:
-                self.batcher.retire(session.coder)
+            self.batcher.retire(session.coder)
 
     async def _reject(self, ws: ServerConnection, code: str, message: str) -> None:
         self.metrics.errors[code] += 1
@@ -213,8 +214,8 @@ class F3Server:
                                                         f"{self.cfg.max_sessions} sessions; "
                                                         "retry later")
             return None
-        coder = (self._encoder_session(hello.wants_representations)
-                 if hello.direction == "encode" else self.tok.decoder_session())
+        coder = (self._pooled_session(hello.wants_representations)
+                 if hello.direction == "encode" else self._pooled_session(None))
         sid = next(self._ids)
         session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue,
                               self.tok.hop_length if hello.direction == "encode" else 1)
@@ -223,14 +224,18 @@ class F3Server:
         session.send_text(json.dumps(self._ready(session)), force=True)
         return session
 
-    def _encoder_session(self, representations: bool) -> EncoderSession:
-        """A session whose state is a row of a shared pool, so the batcher steps all of a
-        pool's sessions in place (no per-step state copies)."""
+    def _pooled_session(self, representations: bool | None
+                        ) -> EncoderSession | DecoderSession:
+        """An encoder session (``representations`` True/False) or a decoder session (None)
+        whose state is a row of a shared pool, so the batcher steps all of a pool's sessions
+        in place (no per-step state copies)."""
         pools = self._pools[representations]
         for pool in pools:
             if pool.free_rows:
                 return pool.session()
-        pool = self.tok.session_pool(min(self.cfg.max_sessions, POOL_ROWS), representations)
+        rows = min(self.cfg.max_sessions, POOL_ROWS)
+        pool = (self.tok.decoder_pool(rows) if representations is None
+                else self.tok.session_pool(rows, representations))
         pools.append(pool)
         return pool.session()
 
