@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import textwrap
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        gil_switch_interval=args.gil_switch_interval)
     backend = args.backend or serve_backend(args.device)
     tok = Tokenizer.load(args.checkpoint, args.device, backend)
+    warmup = getattr(tok.engine, "warmup", None)
+    if warmup is not None:  # compile before listening, not inside the first client's frame
+        if not args.quiet:
+            print("f3stream serve: preparing the numba kernels (about 30 s the first time, "
+                  "then cached)", file=sys.stderr, flush=True)
+        warmup()
 
     def ready(server) -> None:
         print(f"f3stream serve: listening on ws://{args.host}:{server.port} (protocol v1; "
