@@ -217,6 +217,24 @@ def test_concurrent_decode_clients_are_batched_and_exact(tiny_tokenizer, monkeyp
     assert max(sizes) > 1  # at least one step decoded several sessions at once
 
 
+def test_decode_client_measures_latency_per_audio_message(tiny_tokenizer):
+    """Each audio message is matched to the latent message that completed it."""
+    lat = tiny_tokenizer.encode(noise(8, 960 * 12))
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            async with AsyncClient(url, direction="decode") as c:
+                for i in range(lat.shape[0]):
+                    await c.send_latents(lat[i:i + 1])
+                    await asyncio.sleep(0.01)
+                await c.close()
+                return c.result(), [m for m, _ in c.messages if not m.final]
+
+    res, messages = run(main())
+    assert len(res.latency_ms) == len(messages) == lat.shape[0]
+    assert all(0 <= x < 5000 for x in res.latency_ms)
+
+
 # -- hostile input ----------------------------------------------------------------------------
 HELLO = {"type": "hello", "version": 1, "sample_rate": 24000, "format": "pcm16"}
 
