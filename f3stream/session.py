@@ -37,7 +37,8 @@ class EncodedFrames:
 
 
 class PoolFullError(F3StreamError):
-    """Every row of an :class:`EncoderStatePool` is in use."""
+    """Every row of a state pool (:class:`EncoderStatePool`, :class:`DecoderStatePool`) is in
+    use."""
 
 
 class _StatePool:
@@ -88,7 +89,8 @@ class EncoderStatePool(_StatePool):
         self.with_representations = representations
 
     def session(self) -> "EncoderSession":
-        """A new session whose state lives in this pool; raises :class:`PoolFullError`."""
+        """A new session whose state lives in this pool; raises :class:`PoolFullError`. Call
+        its ``release()`` when the stream is over, or the row stays taken."""
         return EncoderSession(self.tokenizer, self.with_representations, pool=self)
 
 
