@@ -104,7 +104,50 @@ class DecoderStatePool(_StatePool):
         return DecoderSession(self.tokenizer, pool=self)
 
 
-class EncoderSession:
+class _PooledStream:
+    """What encoder and decoder sessions share: a stream whose state is one row of a pool."""
+
+    tokenizer: "Tokenizer"
+
+    def _attach(self, pool: _StatePool) -> None:
+        self.pool = pool
+        self.row = pool._acquire()
+        self._released = False
+        self._init_counters()
+
+    def _init_counters(self) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget everything: the next input starts a new stream at frame 0."""
+        self._check_live()
+        self.tokenizer.engine.zero_rows(self.pool.state, [self.row])
+        self._init_counters()
+
+    def release(self) -> None:
+        """Gives the state row back to its pool (idempotent); the session is unusable
+        afterwards. Sessions with a private pool need not call it."""
+        if not self._released:
+            self._released = True
+            self.closed = True
+            self.pool._release(self.row)
+
+    def _check_live(self) -> None:
+        if self._released:
+            raise SessionClosedError("session was released; make a new one")
+
+    def _check_open(self) -> None:
+        self._check_live()
+        if self.closed:
+            raise SessionClosedError("session was flushed; call reset() to start a new stream")
+
+    @property
+    def state(self) -> State:
+        """This stream's state: batch-1 views of its pool row."""
+        return self.pool.row_state(self.row)
+
+
+class EncoderSession(_PooledStream):
     """Waveform in, latents (and representations) out, frame by frame.
 
     ``push`` accepts mono int16 or float chunks of any length (even 1 sample or 0); a frame is
@@ -121,40 +164,14 @@ class EncoderSession:
         self.tokenizer = tokenizer
         self.with_representations = representations
         self.hop = tokenizer.hop_length
-        self.pool = pool if pool is not None else EncoderStatePool(tokenizer, 1,
-                                                                    representations)
-        self.row = self.pool._acquire()
-        self._released = False
-        self._init_counters()
+        self._attach(pool if pool is not None
+                     else EncoderStatePool(tokenizer, 1, representations))
 
     def _init_counters(self) -> None:
         self._pending = np.zeros(0, dtype=np.float32)
         self.frames_emitted = 0
         self.samples_received = 0
         self.closed = False
-
-    def reset(self) -> None:
-        """Forget everything: the next sample starts a new stream at frame 0."""
-        self._check_live()
-        self.tokenizer.engine.zero_rows(self.pool.state, [self.row])
-        self._init_counters()
-
-    def release(self) -> None:
-        """Gives the state row back to a shared pool (idempotent); the session is unusable
-        afterwards. Sessions with a private pool need not call it."""
-        if not self._released:
-            self._released = True
-            self.closed = True
-            self.pool._release(self.row)
-
-    def _check_live(self) -> None:
-        if self._released:
-            raise SessionClosedError("session was released; make a new one")
-
-    @property
-    def state(self) -> State:
-        """This stream's state: batch-1 views of its pool row."""
-        return self.pool.row_state(self.row)
 
     @property
     def pending_samples(self) -> int:
@@ -168,9 +185,7 @@ class EncoderSession:
 
     def _check_chunk(self, pcm) -> np.ndarray:
         """Validates a chunk without changing the session."""
-        self._check_live()
-        if self.closed:
-            raise SessionClosedError("session was flushed; call reset() to start a new stream")
+        self._check_open()
         return as_mono_float32(pcm, name="audio chunk", allow_empty=True)
 
     def _take_ready(self, pcm) -> np.ndarray:
@@ -207,7 +222,7 @@ class EncoderSession:
         return out
 
 
-class DecoderSession:
+class DecoderSession(_PooledStream):
     """Latents in, waveform out. The output is aligned with the encoder's input: the decoder's
     overlap-add delay is absorbed (the first chunk is shorter) and returned by ``flush``.
     Its state is a row of a :class:`DecoderStatePool` (a private one-row pool by default)."""
@@ -216,36 +231,12 @@ class DecoderSession:
         if pool is not None and pool.tokenizer is not tokenizer:
             raise ValueError("the pool belongs to another tokenizer")
         self.tokenizer = tokenizer
-        self.pool = pool if pool is not None else DecoderStatePool(tokenizer, 1)
-        self.row = self.pool._acquire()
-        self._released = False
-        self._init_counters()
+        self._attach(pool if pool is not None else DecoderStatePool(tokenizer, 1))
 
     def _init_counters(self) -> None:
         self._to_skip = self.tokenizer.config.autoencoder.decoder_delay
         self.frames_received = 0
         self.closed = False
-
-    def reset(self) -> None:
-        self._check_live()
-        self.tokenizer.engine.zero_rows(self.pool.state, [self.row])
-        self._init_counters()
-
-    def release(self) -> None:
-        """Gives the state row back to a shared pool (idempotent); see
-        :meth:`EncoderSession.release`."""
-        if not self._released:
-            self._released = True
-            self.closed = True
-            self.pool._release(self.row)
-
-    def _check_live(self) -> None:
-        if self._released:
-            raise SessionClosedError("session was released; make a new one")
-
-    @property
-    def state(self) -> State:
-        return self.pool.row_state(self.row)
 
     @property
     def state_nbytes(self) -> int:
@@ -253,9 +244,7 @@ class DecoderSession:
 
     def _check(self, latents) -> np.ndarray:
         """Validates latents without changing the session."""
-        self._check_live()
-        if self.closed:
-            raise SessionClosedError("session was flushed; call reset() to start a new stream")
+        self._check_open()
         return self.tokenizer._check_latents(latents, allow_empty=True)
 
     def push(self, latents) -> np.ndarray:
@@ -290,62 +279,25 @@ def step_encoder_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
 
     Results equal separate ``push`` calls up to float rounding of the batched matmuls.
     """
-    if len(sessions) != len(chunks):
-        raise ValueError("need exactly one chunk per session")
+    _check_batch(sessions, chunks)
     if not sessions:
         return []
     tok = sessions[0].tokenizer
-    if any(s.tokenizer is not tok for s in sessions):
-        raise ValueError("all sessions must share one Tokenizer")
     if len({s.with_representations for s in sessions}) > 1:
         raise ValueError("all sessions must agree on returning representations")
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise ValueError("a session appears twice")
     checked = [s._check_chunk(c) for s, c in zip(sessions, chunks)]  # a bad chunk raises
     ready = [s._commit(x) for s, x in zip(sessions, checked)]        # before any state moves
-    n_frames = [r.size // tok.hop_length for r in ready]
-    lat: list[list[np.ndarray]] = [[] for _ in sessions]
-    rep: list[list[np.ndarray]] = [[] for _ in sessions]
     starts = [s.frames_emitted for s in sessions]
-    _step_batched(tok, sessions, ready, n_frames, lat, rep)
-    out = []
-    for i, s in enumerate(sessions):
-        s.frames_emitted += n_frames[i]
-        out.append(EncodedFrames(starts[i], _cat(lat[i], tok.latent_dim),
-                                 _cat(rep[i], tok.representation_dim)
-                                 if s.with_representations else None))
-    return out
-
-
-def _step_batched(tok, sessions, ready, n_frames, lat, rep) -> None:
-    """Batched model steps: in place on the pool's rows when all sessions share one pool;
-    otherwise their rows are gathered into one state and written back after each step."""
-    hop = tok.hop_length
     engine = tok.engine
-    shared = sessions[0].pool
-    one_pool = all(s.pool is shared for s in sessions)
-    done = [0] * len(sessions)
-    while True:
-        active = [i for i, n in enumerate(n_frames) if done[i] < n]
-        if not active:
-            break
-        t = min(n_frames[i] - done[i] for i in active)
-        wav = np.stack([ready[i][done[i] * hop:(done[i] + t) * hop] for i in active])
-        if one_pool:
-            rows = np.array([sessions[i].row for i in active], dtype=np.int64)
-            z, r = engine.encode_rows(wav, shared.state, rows)
-        else:
-            state = engine.concat_states([sessions[i].state for i in active])
-            z, r = engine.encode_rows(wav, state, np.arange(len(active)))
-            for i, part in zip(active, engine.split_state(state, [1] * len(active))):
-                pool_state = sessions[i].pool.state
-                for k, v in part.items():
-                    pool_state[k][sessions[i].row:sessions[i].row + 1] = v
-        for j, i in enumerate(active):
-            lat[i].append(z[j])
-            if r is not None:
-                rep[i].append(r[j])
-            done[i] += t
+    steps = _step_in_batches(sessions, ready, tok.hop_length, engine.encode_rows)
+    out = []
+    for s, start, parts in zip(sessions, starts, steps):
+        lat = _cat([z for z, _ in parts], tok.latent_dim)
+        rep = (_cat([r for _, r in parts], tok.representation_dim)
+               if s.with_representations else None)
+        s.frames_emitted += lat.shape[0]
+        out.append(EncodedFrames(start, lat, rep))
+    return out
 
 
 def step_decoder_sessions(sessions: Sequence[DecoderSession], latents: Sequence
@@ -353,43 +305,61 @@ def step_decoder_sessions(sessions: Sequence[DecoderSession], latents: Sequence
     """Pushes ``latents[i]`` (``[n_i, latent_dim]``) into ``sessions[i]`` for all i, decoding
     the frames of all sessions in batched steps (in place on their pool's rows when they
     share a pool). Returns what separate ``push`` calls would, up to float rounding."""
-    if len(sessions) != len(latents):
-        raise ValueError("need exactly one latent chunk per session")
+    _check_batch(sessions, latents)
     if not sessions:
         return []
     tok = sessions[0].tokenizer
-    if any(s.tokenizer is not tok for s in sessions):
-        raise ValueError("all sessions must share one Tokenizer")
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise ValueError("a session appears twice")
     zs = [s._check(z) for s, z in zip(sessions, latents)]  # a bad chunk raises before any
     for s, z in zip(sessions, zs):                          # session changes
         s.frames_received += z.shape[0]
-    out: list[list[np.ndarray]] = [[] for _ in sessions]
     engine = tok.engine
+    steps = _step_in_batches(sessions, zs, 1,
+                             lambda z, state, rows: (engine.decode_rows(z, state, rows),))
+    return [s._skip(np.concatenate([w for (w,) in parts]) if parts
+                    else np.zeros(0, np.float32)) for s, parts in zip(sessions, steps)]
+
+
+def _check_batch(sessions: Sequence[_PooledStream], inputs: Sequence) -> None:
+    if len(sessions) != len(inputs):
+        raise ValueError("need exactly one chunk per session")
+    if any(s.tokenizer is not sessions[0].tokenizer for s in sessions):
+        raise ValueError("all sessions must share one Tokenizer")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise ValueError("a session appears twice")
+
+
+def _step_in_batches(sessions: Sequence[_PooledStream], inputs: list[np.ndarray], unit: int,
+                     step) -> list[list[tuple]]:
+    """Runs every session's input (whole ``unit``-row frames along axis 0) through
+    ``step(batch, state, rows) -> tuple of [B, ...] arrays (or None)`` in batched steps of
+    equal length over the sessions that still have frames. In place on the pool's rows when
+    all sessions share one pool; otherwise their rows are gathered into one state and written
+    back after each step. Returns, per session, each step's outputs for it."""
+    engine = sessions[0].tokenizer.engine
     shared = sessions[0].pool
     one_pool = all(s.pool is shared for s in sessions)
+    n_frames = [x.shape[0] // unit for x in inputs]
     done = [0] * len(sessions)
+    outs: list[list[tuple]] = [[] for _ in sessions]
     while True:
-        active = [i for i, z in enumerate(zs) if done[i] < z.shape[0]]
+        active = [i for i, n in enumerate(n_frames) if done[i] < n]
         if not active:
-            break
-        t = min(zs[i].shape[0] - done[i] for i in active)
-        z = np.stack([zs[i][done[i]:done[i] + t] for i in active])
+            return outs
+        t = min(n_frames[i] - done[i] for i in active)
+        batch = np.stack([inputs[i][done[i] * unit:(done[i] + t) * unit] for i in active])
         if one_pool:
             rows = np.array([sessions[i].row for i in active], dtype=np.int64)
-            wav = engine.decode_rows(z, shared.state, rows)
+            res = step(batch, shared.state, rows)
         else:
             state = engine.concat_states([sessions[i].state for i in active])
-            wav = engine.decode_rows(z, state, np.arange(len(active)))
+            res = step(batch, state, np.arange(len(active)))
             for i, part in zip(active, engine.split_state(state, [1] * len(active))):
+                row, pool_state = sessions[i].row, sessions[i].pool.state
                 for k, v in part.items():
-                    sessions[i].pool.state[k][sessions[i].row:sessions[i].row + 1] = v
+                    pool_state[k][row:row + 1] = v
         for j, i in enumerate(active):
-            out[i].append(wav[j])
+            outs[i].append(tuple(None if a is None else a[j] for a in res))
             done[i] += t
-    return [s._skip(np.concatenate(o) if o else np.zeros(0, np.float32))
-            for s, o in zip(sessions, out)]
 
 
 def _cat(parts: list[np.ndarray], dim: int) -> np.ndarray:
