@@ -24,7 +24,6 @@ from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
 log = logging.getLogger("f3stream.server")
 
 
-TR = []
 def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
     """Runs in the worker thread. Never raises: failures are recorded on the item."""
     encode: dict[int, list[Work]] = {}  # one batched step per state pool (an encoder pool
@@ -170,7 +169,6 @@ class Batcher:
             if not items:
                 continue
             t0 = time.perf_counter()
-            TR.append(("take", time.time_ns()//1000, len(items)))
             self.busy = True
             try:
                 done = await loop.run_in_executor(self.executor, compute, self.tok, items)
@@ -179,7 +177,6 @@ class Batcher:
             finally:
                 self.busy = False
                 self._release_retired()
-            TR.append(("back", time.time_ns()//1000, 0))
             self.on_batch(sum(1 for w in items if w.data is not None), time.perf_counter() - t0)
             for w in done:
                 try:
@@ -188,7 +185,6 @@ class Batcher:
                     log.exception("delivering to session %s failed", w.session.id)
                     w.session.dead = True
                     w.session.inbox.clear()
-            TR.append(("delivered", time.time_ns()//1000, 0))
             if any(s.needs_step for s in self.sessions()):
                 self.wake.set()
 
@@ -201,7 +197,4 @@ class Batcher:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self.task.cancel()
         self.executor.shutdown(wait=True)
-        import json, os
-        if os.environ.get("F3TRACE"):
-            json.dump(TR, open(os.environ["F3TRACE"], "w"))
 

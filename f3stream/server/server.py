@@ -270,8 +270,6 @@ class F3Server:
             if s.dead:
                 continue  # closing: drain until the close handshake ends recv()
             recv_us = now_us()
-            from .batcher import TR
-            TR.append(("recv", recv_us, 0))
             try:
                 if isinstance(msg, str):
                     kind = parse_control(parse_text(msg))
@@ -357,8 +355,6 @@ class F3Server:
                 else:
                     _, kind, seq, index, payload, recv_us, final = item
                     send_us = now_us()
-                    from .batcher import TR
-                    TR.append(("send", send_us, recv_us))
                     await ws.send(encode_frame(kind, seq, index, payload, s.dtype, recv_us,
                                                send_us, final))
                     self.metrics.record_send(payload.shape[0] if kind != 4 else 1,
