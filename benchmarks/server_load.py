@@ -31,15 +31,26 @@ from f3stream.server.protocol import percentile
 SR, HOP = 24000, 960
 
 
-async def one_decode_client(url: str, seed: int, duration: float, start_delay: float) -> dict:
+FRAME_S = HOP / SR
+
+
+def first_send_time(phase: float) -> float:
+    """The first instant from now on that lies ``phase`` past a frame boundary of the shared
+    clock. Sending on this grid (not from whenever the connection happened to open) keeps the
+    clients' phases where the caller put them: connections open in bursts, and clocking each
+    client from its own handshake lined their frames up into bursts."""
+    now = time.perf_counter()
+    return now + (phase - now) % FRAME_S
+
+
+async def one_decode_client(url: str, seed: int, duration: float, phase: float) -> dict:
     """Sends one latent frame every 40 ms (as an agent generating speech would) and receives
     the decoded audio; a frame counts as received when its 960 samples have arrived."""
-    await asyncio.sleep(start_delay)
     rng = np.random.RandomState(seed)
     n = int(duration * SR / HOP)
     z = rng.randn(n, 64).astype(np.float32)
     async with AsyncClient(url, direction="decode") as c:
-        t0 = time.perf_counter()
+        t0 = first_send_time(phase)
         late = 0
         for i in range(n):
             delay = t0 + i * HOP / SR - time.perf_counter()
@@ -58,14 +69,13 @@ async def one_decode_client(url: str, seed: int, duration: float, start_delay: f
 
 
 async def one_client(url: str, seed: int, duration: float, chunk_ms: float, returns: str,
-                     start_delay: float) -> dict:
-    await asyncio.sleep(start_delay)  # stagger starts so frames do not all align
+                     phase: float) -> dict:
     rng = np.random.RandomState(seed)
     n = int(duration * SR)
     wav = (rng.randn(n) * 0.1).astype(np.float32)
     step = int(SR * chunk_ms / 1000)
     async with AsyncClient(url, returns=returns, format="pcm16") as c:
-        t0 = time.perf_counter()
+        t0 = first_send_time(phase)
         late = 0
         for i, a in enumerate(range(0, n, step)):
             delay = t0 + i * chunk_ms / 1000 - time.perf_counter()
@@ -103,12 +113,15 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
 
 async def run(args, port: int) -> dict:
     url = f"ws://127.0.0.1:{port}"
+    # client i completes its frames i/N of a frame after the others' (uniform phases, as
+    # independent callers have), or all at the same instant with --aligned (the worst burst)
+    phases = [0.0 if args.aligned else i / args.clients * FRAME_S for i in range(args.clients)]
     if args.direction == "decode":
-        clients = [one_decode_client(url, i, args.duration, (i / args.clients) * 0.04)
+        clients = [one_decode_client(url, i, args.duration, phases[i])
                    for i in range(args.clients)]
     else:
-        clients = [one_client(url, i, args.duration, args.chunk_ms, args.returns,
-                              (i / args.clients) * 0.04) for i in range(args.clients)]
+        clients = [one_client(url, i, args.duration, args.chunk_ms, args.returns, phases[i])
+                   for i in range(args.clients)]
     results = await asyncio.gather(*clients)
     lat = [x for r in results for x in r["latency"]]
     slat = [x for r in results for x in r["server_latency"]]
@@ -117,7 +130,8 @@ async def run(args, port: int) -> dict:
     return {
         "clients": args.clients, "duration_s": args.duration, "direction": args.direction,
         "return": args.returns if args.direction == "encode" else "audio",
-        "chunk_ms": args.chunk_ms, "server_threads": args.threads, "backend": args.backend,
+        "chunk_ms": args.chunk_ms, "phases": "aligned" if args.aligned else "uniform",
+        "server_threads": args.threads, "backend": args.backend,
         "gil_switch_interval": args.gil_switch_interval,
         "load_average_at_end": os.getloadavg(),
         "frames_expected": sum(r["expected"] for r in results),
@@ -143,6 +157,9 @@ def main() -> None:
                         "audio out")
     p.add_argument("--return", dest="returns", default="latents",
                    choices=("latents", "representations", "both"))
+    p.add_argument("--aligned", action="store_true",
+                   help="all clients complete their frames at the same instant (worst-case "
+                        "bursts) instead of at phases spread evenly over a frame")
     p.add_argument("--threads", type=int, default=1, help="server torch threads")
     p.add_argument("--backend", default=None, choices=("torch", "numba", "onnx"),
                    help="server model backend (default: the server's default)")
