@@ -20,6 +20,7 @@ from .streaming import (CausalConvNeXtBlock, CausalFraming, OverlapAdd, State, S
                         rdft_basis, substate, with_prefix)
 
 SPECTRAL_COMPRESSION = 0.3  # |X|^0.3 power-law compression of the STFT input
+SPECTRAL_FLOOR = 1e-8       # added to |X|^2 before the compression
 
 
 class AudioEncoder(StreamingModule):
@@ -48,13 +49,25 @@ class AudioEncoder(StreamingModule):
                 **with_prefix("convs", self.convs.init_state(batch_size, device)),
                 **with_prefix("transformer", self.transformer.init_state(batch_size, device))}
 
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        frames, s_framing = self.framing.step(x, substate(state, "framing"))
-        spec = frames @ self.basis                                   # [B, 4T, 2F]
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, N, n_fft]`` frames -> ``[B, N, 2F]`` compressed ``[real, imag]`` spectrum.
+
+        Computed in float64, then rounded to float32: |X|^0.3 is ill-conditioned near
+        silence (its slope grows without bound as |X| -> 0), and a float32 DFT of a quiet bin
+        is only accurate to ~1e-6 absolute, which the compression turned into feature
+        differences of ~1e-3 and latent differences of ~4e-4 between engines whose BLAS sums
+        in another order. In float64 every engine gets the same features to float32
+        rounding. (The numba engine computes the same DFT with half the products, see
+        ``f3stream.backends.numba_backend``.)"""
+        spec = frames.to(torch.float64) @ self.basis.to(torch.float64)   # [B, N, 2F]
         n_bins = spec.shape[-1] // 2
         power = spec[..., :n_bins].square() + spec[..., n_bins:].square()
-        gain = (power + 1e-8).pow((SPECTRAL_COMPRESSION - 1.0) / 2.0).repeat(1, 1, 2)
-        h = self.input_proj(spec * gain)
+        gain = (power + SPECTRAL_FLOOR).pow((SPECTRAL_COMPRESSION - 1.0) / 2.0)
+        return (spec * gain.repeat(1, 1, 2)).to(frames.dtype)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        frames, s_framing = self.framing.step(x, substate(state, "framing"))
+        h = self.input_proj(self.features(frames))
         h, s_convs = self.convs.step(h, substate(state, "convs"))
         b, n, c = h.shape
         h = self.group_proj(h.reshape(b, n // self.cfg.stft_frames_per_latent, -1))

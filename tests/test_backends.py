@@ -315,7 +315,9 @@ def test_numba_gelu_and_blocked_linear_match_reference():
     for n in (1, 4, 5, 9, 16, 17, 40):
         a = rng.standard_normal((n, k)).astype(np.float32)
         ref = a.astype(np.float64) @ w + b
-        assert np.abs(nb._linear(a, w, b) - ref).max() <= 1e-3, n
+        for small in (nb.SMALL_GEMM, 0):  # row blocks, or one product
+            assert np.abs(nb._linear(a, w, b, small) - ref).max() <= 1e-3, (n, small)
+    assert nb.small_gemm_limit() in (0, nb.SMALL_GEMM)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])

@@ -14,13 +14,16 @@ positions): a step consumes the state it is given and returns it.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import time
 
 import numpy as np
 import torch
 from numba import njit
 
-from ..autoencoder import SPECTRAL_COMPRESSION, AudioDecoder
+from ..autoencoder import SPECTRAL_COMPRESSION, SPECTRAL_FLOOR, AudioDecoder
 from ..errors import F3StreamError
 from ..model import F3Model
 from .base import NumpyStateEngine, state_shapes
@@ -56,20 +59,24 @@ def _layer_norm(x, g, b, eps):
     return out
 
 
-# OpenBLAS multiplies small products (M*K*N up to about 2^20) on a fast path without packing,
-# but for M just above that limit its packed GEMM is 2-3x slower per row (measured here for
-# batched server steps of 2-16 streams). Row blocks that stay on the fast path avoid that dip;
-# from 4 blocks on, one big GEMM is as fast or faster.
-_SMALL_GEMM = 1_000_000
+# Some OpenBLAS builds multiply small products (M*K*N up to about 2^20) on a fast path
+# without packing, and for M just above that limit their packed GEMM is 2-3x slower per row
+# (measured on an AVX-512 machine for batched server steps of 2-16 streams); row blocks that
+# stay on the fast path avoid that dip. Other builds (or OPENBLAS_CORETYPE=Haswell on the same
+# machine) have no such path, and there the same row blocks made a 10-stream step 1.7x
+# slower. So the engine measures once per process which holds (:func:`small_gemm_limit`) and
+# passes the limit to the kernels (0: never split).
+SMALL_GEMM = 1_000_000
 
 
 @njit(cache=True, nogil=True)
-def _linear(x, wt, b):
-    """``x [N, I] @ wt [I, O] + b`` (BLAS sgemm, in row blocks when that is faster)."""
+def _linear(x, wt, b, small):
+    """``x [N, I] @ wt [I, O] + b`` (BLAS sgemm, in row blocks that keep M*I*O <= ``small``
+    when that is faster: :func:`small_gemm_limit`)."""
     n, k = x.shape
     o = wt.shape[1]
-    blk = max(1, _SMALL_GEMM // (k * o))
-    if blk < n <= 4 * blk:
+    blk = max(1, small // (k * o))
+    if small > 0 and blk < n <= 4 * blk:
         y = np.empty((n, o), np.float32)
         for a in range(0, n, blk):
             e = min(n, a + blk)
@@ -80,6 +87,45 @@ def _linear(x, wt, b):
         for j in range(o):
             y[i, j] += b[j]
     return y
+
+
+@njit(cache=True, nogil=True)
+def _repeat_linear(x, wt, b, small, reps):
+    y = _linear(x, wt, b, small)
+    for _ in range(reps - 1):
+        y = _linear(x, wt, b, small)
+    return y
+
+
+@functools.cache
+def small_gemm_limit() -> int:
+    """:data:`SMALL_GEMM` if row blocks are faster with this process's BLAS, else 0.
+
+    Measured once per process (~30 ms): the QKV product of a 20-stream transformer step
+    (``[20, 256] @ [256, 768]``) whole and in 4 blocks of 5 rows, best of 5 runs each; blocks
+    must win by 20 %. ``F3STREAM_SMALL_GEMM=N`` skips the measurement (0: never split). Only
+    speed depends on it: each row's products are the same either way, up to BLAS rounding."""
+    forced = os.environ.get("F3STREAM_SMALL_GEMM")
+    if forced is not None:
+        try:
+            return max(0, int(forced))
+        except ValueError:
+            raise F3StreamError(f"F3STREAM_SMALL_GEMM must be an integer, got {forced!r}")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 256), dtype=np.float32)
+    wt = rng.standard_normal((256, 768), dtype=np.float32)
+    b = np.zeros(768, np.float32)
+
+    def best(small: int) -> float:
+        _repeat_linear(x, wt, b, small, 1)  # compile (or load from cache) and warm up
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            _repeat_linear(x, wt, b, small, 10)
+            runs.append(time.perf_counter() - t0)
+        return min(runs)
+
+    return SMALL_GEMM if best(SMALL_GEMM) < 0.8 * best(0) else 0
 
 
 # GELU(x) = x/2 (1 + erf(x/sqrt 2)), with erf(u) = u P(u^2) / Q(u^2) on |u| <= 4 (and +-1
@@ -116,29 +162,42 @@ def _gelu_(x):
 
 
 @njit(cache=True, nogil=True)
-def _mlp(x, w1, b1, w2, b2):
-    h = _linear(x, w1, b1)
+def _mlp(x, w1, b1, w2, b2, small):
+    h = _linear(x, w1, b1, small)
     _gelu_(h)
-    return _linear(h, w2, b2)
+    return _linear(h, w2, b2, small)
 
 
 @njit(cache=True, nogil=True)
-def _frame_stft(wav, history, rows, basis, n_fft, hop, power_exp):
-    """Causal framing (``history[rows[b]]`` updated in place) + DFT-matrix STFT + |X|^c
-    compression.
+def _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_exp, floor):
+    """Causal framing (``history[rows[b]]`` updated in place) + windowed DFT + |X|^c
+    compression, in float64 as :meth:`AudioEncoder.features` (which says why).
 
-    ``wav [B, N]`` -> ``[B * N/hop, 2F]`` compressed ``[real, imag]``."""
+    The window is symmetric (w[j] = w[n_fft - j]), so the DFT needs only the sums
+    ``x[j] + x[n_fft - j]`` against cosines and the differences against sines: two products
+    of half the size of the full ``[n_fft, 2F]`` basis, which keeps float64 as fast as the
+    float32 full product was. ``wav [B, N]`` -> ``[B * N/hop, 2F]`` float32 ``[real, imag]``."""
     bsz, n = wav.shape
     keep = history.shape[1]
     nfr = n // hop
-    frames = np.empty((bsz * nfr, n_fft), np.float32)
+    n_pairs = sin_basis.shape[0]          # j = 1 .. (n_fft - 1) // 2
+    even = np.empty((bsz * nfr, cos_basis.shape[0]), np.float64)
+    odd = np.empty((bsz * nfr, n_pairs), np.float64)
+    frame = np.empty(n_fft, np.float64)
     for b in range(bsz):
         r = rows[b]
         for j in range(nfr):
             start = j * hop  # in full = [history, wav]
             for s in range(n_fft):
                 idx = start + s
-                frames[b * nfr + j, s] = history[r, idx] if idx < keep else wav[b, idx - keep]
+                frame[s] = history[r, idx] if idx < keep else wav[b, idx - keep]
+            row = b * nfr + j
+            even[row, 0] = frame[0]
+            for p in range(1, n_pairs + 1):
+                even[row, p] = frame[p] + frame[n_fft - p]
+                odd[row, p - 1] = frame[p] - frame[n_fft - p]
+            if n_fft % 2 == 0:
+                even[row, n_fft // 2] = frame[n_fft // 2]
         # new history: the last ``keep`` samples of [history, wav]
         if n >= keep:
             for s in range(keep):
@@ -148,20 +207,23 @@ def _frame_stft(wav, history, rows, basis, n_fft, hop, power_exp):
                 history[r, s] = history[r, s + n]
             for s in range(n):
                 history[r, keep - n + s] = wav[b, s]
-    spec = np.dot(frames, basis)
-    nb = spec.shape[1] // 2
-    for i in range(spec.shape[0]):
+    re = np.dot(even, cos_basis)
+    im = np.dot(odd, sin_basis)
+    nb = re.shape[1]
+    spec = np.empty((re.shape[0], 2 * nb), np.float32)
+    for i in range(re.shape[0]):
         for k in range(nb):
-            re = spec[i, k]
-            im = spec[i, nb + k]
-            gain = np.float32((re * re + im * im) + np.float32(1e-8)) ** power_exp
-            spec[i, k] = re * gain
-            spec[i, nb + k] = im * gain
+            # the power needs float64 (it is where the cancellation was); its float32
+            # rounding only moves the gain by ~1e-7 relative, and powf is twice as fast
+            p = np.float32(re[i, k] * re[i, k] + im[i, k] * im[i, k] + floor)
+            gain = p ** power_exp
+            spec[i, k] = np.float32(re[i, k]) * gain
+            spec[i, nb + k] = np.float32(im[i, k]) * gain
     return spec
 
 
 @njit(cache=True, nogil=True)
-def _convnext(x, buf, rows, dw_w, dw_b, ln_g, ln_b, w1, b1, w2, b2, gamma):
+def _convnext(x, buf, rows, small, dw_w, dw_b, ln_g, ln_b, w1, b1, w2, b2, gamma):
     """Causal ConvNeXt block on ``x [B, T, C]``; ``buf[rows[b]]`` (``[C, K-1]``) updated in
     place."""
     bsz, t_len, c_len = x.shape
@@ -186,7 +248,7 @@ def _convnext(x, buf, rows, dw_w, dw_b, ln_g, ln_b, w1, b1, w2, b2, gamma):
                     buf[r, c, k] = buf[r, c, k + t_len]
                 for k in range(t_len):
                     buf[r, c, k1 - t_len + k] = x[b, k, c]
-    h = _mlp(_layer_norm(h, ln_g, ln_b, LN_EPS), w1, b1, w2, b2)
+    h = _mlp(_layer_norm(h, ln_g, ln_b, LN_EPS), w1, b1, w2, b2, small)
     out = np.empty_like(x)
     for b in range(bsz):
         for t in range(t_len):
@@ -260,16 +322,16 @@ def _window_attention(qkv, kc, vc, pos, rows, slopes, bsz, t_len):
 
 
 @njit(cache=True, nogil=True)
-def _transformer_layer(x, kc, vc, pos, rows, ln1_g, ln1_b, wqkv, bqkv, wo, bo, ln2_g, ln2_b,
+def _transformer_layer(x, kc, vc, pos, rows, small, ln1_g, ln1_b, wqkv, bqkv, wo, bo, ln2_g, ln2_b,
                        w1, b1, w2, b2, slopes):
     """Pre-norm layer with sliding-window ALiBi attention on ``x [B, T, D]``; the caches of
     the streams at ``rows`` are updated in place (see :func:`_window_attention`)."""
     bsz, t_len, d = x.shape
     x2 = np.ascontiguousarray(x).reshape(bsz * t_len, d)
-    qkv = _linear(_layer_norm(x2, ln1_g, ln1_b, LN_EPS), wqkv, bqkv)
+    qkv = _linear(_layer_norm(x2, ln1_g, ln1_b, LN_EPS), wqkv, bqkv, small)
     att = _window_attention(qkv, kc, vc, pos, rows, slopes, bsz, t_len)
-    x3 = x2 + _linear(att, wo, bo)
-    x3 += _mlp(_layer_norm(x3, ln2_g, ln2_b, LN_EPS), w1, b1, w2, b2)
+    x3 = x2 + _linear(att, wo, bo, small)
+    x3 += _mlp(_layer_norm(x3, ln2_g, ln2_b, LN_EPS), w1, b1, w2, b2, small)
     return x3.reshape(bsz, t_len, d)
 
 
@@ -325,35 +387,37 @@ def _istft_ola(out, basis, carry, rows, max_log_mag, hop):
 # layer; ``n`` says how many are real (a config may have zero layers; a placeholder keeps the
 # tuple typed).
 @njit(cache=True, nogil=True)
-def _conv_stack(h, bufs, weights, n, rows):
+def _conv_stack(h, bufs, weights, n, rows, small):
     for i in range(n):
-        h = _convnext(h, bufs[i], rows, *weights[i])
+        h = _convnext(h, bufs[i], rows, small, *weights[i])
     return h
 
 
 @njit(cache=True, nogil=True)
-def _transformer_stack(h, ks, vs, ps, weights, n, rows):
+def _transformer_stack(h, ks, vs, ps, weights, n, rows, small):
     for i in range(n):
-        h = _transformer_layer(h, ks[i], vs[i], ps[i], rows, *weights[i])
+        h = _transformer_layer(h, ks[i], vs[i], ps[i], rows, small, *weights[i])
     return h
 
 
 @njit(cache=True, nogil=True)
-def _encode_kernel(wav, rows, history, bufs, conv_w, n_conv, ks, vs, ps, tr_w, n_tr, basis,
-                   in_w, in_b, group_w, group_b, norm_g, norm_b, out_w, out_b, n_fft, hop,
-                   group, power_exp, normalize, eps):
+def _encode_kernel(wav, rows, history, bufs, conv_w, n_conv, ks, vs, ps, tr_w, n_tr, cos_basis,
+                   sin_basis, in_w, in_b, group_w, group_b, norm_g, norm_b, out_w, out_b, n_fft,
+                   hop, group, power_exp, floor, normalize, eps, small):
     """``wav [B, T*hop*group]`` -> latents ``[B*T, D]``; the streams' states at ``rows``
     advance in place."""
     bsz = wav.shape[0]
     t_len = wav.shape[1] // (hop * group)
-    spec = _frame_stft(wav, history, rows, basis, n_fft, hop, power_exp)
-    h = _linear(spec, in_w, in_b)
+    spec = _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_exp,
+                           floor)
+    h = _linear(spec, in_w, in_b, small)
     h = h.reshape(bsz, t_len * group, h.shape[1])
-    h = _conv_stack(h, bufs, conv_w, n_conv, rows)
-    h = _linear(h.reshape(bsz * t_len, group * h.shape[2]), group_w, group_b)
-    h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows)
+    h = _conv_stack(h, bufs, conv_w, n_conv, rows, small)
+    h = _linear(h.reshape(bsz * t_len, group * h.shape[2]), group_w, group_b, small)
+    h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows,
+                           small)
     z = _linear(_layer_norm(h.reshape(bsz * t_len, h.shape[2]), norm_g, norm_b, LN_EPS),
-                out_w, out_b)
+                out_w, out_b, small)
     if normalize:
         _channel_norm_(z, eps)
     return z
@@ -361,34 +425,50 @@ def _encode_kernel(wav, rows, history, bufs, conv_w, n_conv, ks, vs, ps, tr_w, n
 
 @njit(cache=True, nogil=True)
 def _represent_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, in_w, in_b, norm_g, norm_b,
-                      out_w, out_b):
+                      out_w, out_b, small):
     """Latents ``[B*T, D]`` -> representations ``[B*T, R]``, states at ``rows`` in place."""
     t_len = z2.shape[0] // bsz
-    h = _linear(z2, in_w, in_b)
-    h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows)
+    h = _linear(z2, in_w, in_b, small)
+    h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows,
+                           small)
     return _linear(_layer_norm(h.reshape(bsz * t_len, h.shape[2]), norm_g, norm_b, LN_EPS),
-                   out_w, out_b)
+                   out_w, out_b, small)
 
 
 @njit(cache=True, nogil=True)
 def _decode_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, bufs, conv_w, n_conv, carry, in_w,
                    in_b, ungroup_w, ungroup_b, norm_g, norm_b, out_w, out_b, basis,
-                   max_log_mag, hop, group):
+                   max_log_mag, hop, group, small):
     """Latents ``[B*T, D]`` -> waveform ``[B, T*hop*group]`` (delayed by the overlap-add)."""
     t_len = z2.shape[0] // bsz
-    h = _linear(z2, in_w, in_b)
-    h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows)
-    h = _linear(h.reshape(bsz * t_len, h.shape[2]), ungroup_w, ungroup_b)
+    h = _linear(z2, in_w, in_b, small)
+    h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows,
+                           small)
+    h = _linear(h.reshape(bsz * t_len, h.shape[2]), ungroup_w, ungroup_b, small)
     h = _conv_stack(h.reshape(bsz, t_len * group, h.shape[1] // group), bufs, conv_w, n_conv,
-                    rows)
+                    rows, small)
     out = _linear(_layer_norm(h.reshape(bsz * t_len * group, h.shape[2]), norm_g, norm_b,
-                              LN_EPS), out_w, out_b)
+                              LN_EPS), out_w, out_b, small)
     return _istft_ola(out, basis, carry, rows, max_log_mag, hop)
 
 
 # -- weights --------------------------------------------------------------------------------
 def _f32(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().float().numpy())
+
+
+def _symmetric_dft(basis: torch.Tensor, n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's ``[n_fft, 2F]`` float64 DFT basis folded for :func:`_frame_features`:
+    cosine rows 0 .. n_fft//2 and sine rows 1 .. (n_fft-1)//2. Checks the symmetry that the
+    folding relies on (a symmetric window)."""
+    b = basis.detach().cpu().to(torch.float64).numpy()
+    n_bins = b.shape[1] // 2
+    j = np.arange(1, (n_fft - 1) // 2 + 1)
+    if not (np.allclose(b[j, :n_bins], b[n_fft - j, :n_bins], rtol=0, atol=1e-12)
+            and np.allclose(b[j, n_bins:], -b[n_fft - j, n_bins:], rtol=0, atol=1e-12)):
+        raise F3StreamError("numba backend needs a symmetric analysis window")
+    return (np.ascontiguousarray(b[:n_fft // 2 + 1, :n_bins]),
+            np.ascontiguousarray(b[1:(n_fft - 1) // 2 + 1, n_bins:]))
 
 
 def _lin(m: torch.nn.Linear) -> tuple[np.ndarray, np.ndarray]:
@@ -450,9 +530,10 @@ class NumbaEngine(NumpyStateEngine):
         self.bottleneck_eps = float(model.bottleneck.eps)
         self.power_exp = np.float32((SPECTRAL_COMPRESSION - 1.0) / 2.0)
         self.max_log_mag = np.float32(AudioDecoder.MAX_LOG_MAGNITUDE)
+        self.small_gemm = small_gemm_limit()
         enc, dec, rep = model.encoder, model.decoder, model.representation
         self.w = {
-            "enc_basis": _f32(enc.basis), "enc_in": _lin(enc.input_proj),
+            "enc_dft": _symmetric_dft(enc.basis, ae.n_fft), "enc_in": _lin(enc.input_proj),
             "enc_convs": _convnext_weights(enc.convs), "enc_group": _lin(enc.group_proj),
             "enc_tr": _transformer_weights(enc.transformer), "enc_norm": _ln(enc.out_norm),
             "enc_out": _lin(enc.out_proj),
@@ -500,7 +581,7 @@ class NumbaEngine(NumpyStateEngine):
         ks, vs, ps = self._attn_state(state, prefix + "transformer.", n_tr)
         w = self.w
         return _represent_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, *w["rep_in"],
-                                 *w["rep_norm"], *w["rep_out"])
+                                 *w["rep_norm"], *w["rep_out"], self.small_gemm)
 
     # -- engine API ----------------------------------------------------------------------
     def encode_step(self, wav, state):
@@ -533,10 +614,10 @@ class NumbaEngine(NumpyStateEngine):
         ks, vs, ps = self._attn_state(state, "encoder.transformer.", n_tr)
         z = _encode_kernel(wav, rows, _c(state["encoder.framing.history"]),
                            self._conv_state(state, "encoder.convs.", n_conv), conv_w,
-                           n_conv, ks, vs, ps, tr_w, n_tr, w["enc_basis"], *w["enc_in"],
+                           n_conv, ks, vs, ps, tr_w, n_tr, *w["enc_dft"], *w["enc_in"],
                            *w["enc_group"], *w["enc_norm"], *w["enc_out"], self.n_fft,
-                           self.stft_hop, self.group, self.power_exp, self.normalize,
-                           self.bottleneck_eps)
+                           self.stft_hop, self.group, self.power_exp, SPECTRAL_FLOOR,
+                           self.normalize, self.bottleneck_eps, self.small_gemm)
         reps = None
         if with_reps:
             reps = self._represent(z, wav.shape[0], state, "representation.", rows)
@@ -570,7 +651,7 @@ class NumbaEngine(NumpyStateEngine):
                              self._conv_state(state, "convs.", n_conv), conv_w, n_conv,
                              _c(state["ola.carry"]), *w["dec_in"], *w["dec_ungroup"],
                              *w["dec_norm"], *w["dec_out"], w["dec_basis"], self.max_log_mag,
-                             self.stft_hop, self.group)
+                             self.stft_hop, self.group, self.small_gemm)
         return wav
 
     def decode_tail(self, state):

@@ -21,12 +21,13 @@ def hann_window(n: int) -> torch.Tensor:
 
 
 def rdft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
-    """``[n_fft, 2F]`` matrix: ``frame @ basis`` gives ``[real(F), imag(F)]`` of the windowed rfft."""
+    """``[n_fft, 2F]`` float64 matrix: ``frame @ basis`` gives ``[real(F), imag(F)]`` of the
+    windowed rfft. Kept in float64 (see :meth:`f3stream.autoencoder.AudioEncoder.features`)."""
     n = torch.arange(n_fft, dtype=torch.float64)[:, None]
     k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[None, :]
     ang = 2 * math.pi * n * k / n_fft
     w = window.to(torch.float64)[:, None]
-    return torch.cat([w * torch.cos(ang), -w * torch.sin(ang)], dim=1).float()
+    return torch.cat([w * torch.cos(ang), -w * torch.sin(ang)], dim=1)
 
 
 def irdft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
