@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import urllib.request
 
 import numpy as np
 
+from f3stream.server import eventloop
 from f3stream.server.client import AsyncClient
 from f3stream.server.protocol import percentile
 
@@ -32,6 +34,24 @@ SR, HOP = 24000, 960
 
 
 FRAME_S = HOP / SR
+
+
+class Barrier:
+    """Streaming starts once every client is connected: the figures are steady-state ones,
+    not the ramp of N handshakes (which the client process does on the same cores)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.event = asyncio.Event()
+
+    async def wait(self) -> None:
+        self.n -= 1
+        if self.n == 0:
+            # what exists now (torch, numpy, the clients' audio) lives to the end: keep it out
+            # of the cyclic GC, whose full passes over it stalled every client for ~130 ms
+            gc.freeze()
+            self.event.set()
+        await self.event.wait()
 
 
 def first_send_time(phase: float) -> float:
@@ -43,13 +63,15 @@ def first_send_time(phase: float) -> float:
     return now + (phase - now) % FRAME_S
 
 
-async def one_decode_client(url: str, seed: int, duration: float, phase: float) -> dict:
+async def one_decode_client(url: str, seed: int, duration: float, phase: float,
+                            start: "Barrier") -> dict:
     """Sends one latent frame every 40 ms (as an agent generating speech would) and receives
     the decoded audio; a frame counts as received when its 960 samples have arrived."""
     rng = np.random.RandomState(seed)
     n = int(duration * SR / HOP)
     z = rng.randn(n, 64).astype(np.float32)
     async with AsyncClient(url, direction="decode") as c:
+        await start.wait()
         t0 = first_send_time(phase)
         late = 0
         for i in range(n):
@@ -69,12 +91,13 @@ async def one_decode_client(url: str, seed: int, duration: float, phase: float) 
 
 
 async def one_client(url: str, seed: int, duration: float, chunk_ms: float, returns: str,
-                     phase: float) -> dict:
+                     phase: float, start: "Barrier") -> dict:
     rng = np.random.RandomState(seed)
     n = int(duration * SR)
     wav = (rng.randn(n) * 0.1).astype(np.float32)
     step = int(SR * chunk_ms / 1000)
     async with AsyncClient(url, returns=returns, format="pcm16") as c:
+        await start.wait()
         t0 = first_send_time(phase)
         late = 0
         for i, a in enumerate(range(0, n, step)):
@@ -101,6 +124,7 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
         cmd += ["--backend", args.backend]
     if args.gil_switch_interval is not None:
         cmd += ["--gil-switch-interval", str(args.gil_switch_interval)]
+    cmd += ["--loop", args.loop]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # BLAS single-threaded; --threads is the model's
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
@@ -116,12 +140,13 @@ async def run(args, port: int) -> dict:
     # client i completes its frames i/N of a frame after the others' (uniform phases, as
     # independent callers have), or all at the same instant with --aligned (the worst burst)
     phases = [0.0 if args.aligned else i / args.clients * FRAME_S for i in range(args.clients)]
+    start = Barrier(args.clients)
     if args.direction == "decode":
-        clients = [one_decode_client(url, i, args.duration, phases[i])
+        clients = [one_decode_client(url, i, args.duration, phases[i], start)
                    for i in range(args.clients)]
     else:
-        clients = [one_client(url, i, args.duration, args.chunk_ms, args.returns, phases[i])
-                   for i in range(args.clients)]
+        clients = [one_client(url, i, args.duration, args.chunk_ms, args.returns, phases[i],
+                              start) for i in range(args.clients)]
     results = await asyncio.gather(*clients)
     lat = [x for r in results for x in r["latency"]]
     slat = [x for r in results for x in r["server_latency"]]
@@ -133,6 +158,7 @@ async def run(args, port: int) -> dict:
         "chunk_ms": args.chunk_ms, "phases": "aligned" if args.aligned else "uniform",
         "server_threads": args.threads, "backend": args.backend,
         "gil_switch_interval": args.gil_switch_interval,
+        "loop": eventloop.loop_factory(args.loop)[0],
         "load_average_at_end": os.getloadavg(),
         "frames_expected": sum(r["expected"] for r in results),
         "frames_received": sum(r["received"] for r in results),
@@ -164,12 +190,16 @@ def main() -> None:
     p.add_argument("--backend", default=None, choices=("torch", "numba", "onnx"),
                    help="server model backend (default: the server's default)")
     p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
+    p.add_argument("--loop", choices=eventloop.LOOPS, default="auto",
+                   help="event loop of the server and of the clients (default: auto = uvloop "
+                        "when installed)")
     p.add_argument("--gil-switch-interval", type=float, default=None,
                    help="passed to the server (default: the server's default)")
     args = p.parse_args()
     proc, port = start_server(args)
     try:
-        report = asyncio.run(asyncio.wait_for(run(args, port), args.duration * 3 + 60))
+        report = eventloop.run(asyncio.wait_for(run(args, port), args.duration * 3 + 60),
+                               args.loop)
     finally:
         proc.send_signal(2)
         try:

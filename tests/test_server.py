@@ -20,6 +20,8 @@ pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
+from f3stream.errors import F3StreamError  # noqa: E402
+from f3stream.server import eventloop  # noqa: E402
 from f3stream.server.client import (AsyncClient, Client, ServerError,  # noqa: E402
                                     decode_latents_remote, stream_audio)
 from f3stream.server.protocol import ERROR_CODES  # noqa: E402
@@ -132,16 +134,21 @@ def test_flush_reset_and_realtime_latency(tiny_tokenizer):
     assert all(0 <= x < 1000 for x in rt.latency_ms)
 
 
-def test_concurrent_interleaved_clients_equal_alone(tiny_tokenizer):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_concurrent_interleaved_clients_equal_alone(tiny_tokenizer, loop):
+    """Also on uvloop, which `f3stream serve` uses when it is installed."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     wavs = [noise(10 + i, 9000 + 3111 * i) for i in range(8)]
 
     async def main():
+        assert type(asyncio.get_running_loop()).__module__.split(".")[0] == loop
         async with serving(tiny_tokenizer) as (srv, url):
             res = await asyncio.gather(*[stream_chunks(url, w, [480 + 97 * i, 1500])
                                          for i, w in enumerate(wavs)])
             return res, srv.metrics
 
-    results, metrics = run(main())
+    results, metrics = eventloop.run(asyncio.wait_for(main(), 60), loop)
     for w, r in zip(wavs, results):
         assert_matches(tiny_tokenizer, w, r)
     assert metrics.sessions_total == 8
@@ -559,6 +566,7 @@ def test_serve_cli_sigterm_flushes(tiny_tokenizer, tmp_path):
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"ws://127\.0\.0\.1:(\d+)", line).group(1))
+        assert f"{eventloop.loop_factory('auto')[0]} loop" in line  # uvloop when installed
         wav = noise(30, 960 * 2 + 500)
 
         async def main():
@@ -580,6 +588,18 @@ def test_serve_cli_sigterm_flushes(tiny_tokenizer, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_event_loop_choice(monkeypatch):
+    """auto falls back to asyncio without uvloop; asking for uvloop then is a clear error."""
+    assert eventloop.loop_factory("asyncio")[0] == "asyncio"
+    assert eventloop.run(asyncio.sleep(0, "done"), "asyncio") == "done"
+    with pytest.raises(F3StreamError, match="unknown event loop"):
+        eventloop.loop_factory("trio")
+    monkeypatch.setitem(__import__("sys").modules, "uvloop", None)  # import fails
+    assert eventloop.loop_factory("auto")[0] == "asyncio"
+    with pytest.raises(F3StreamError, match="needs the uvloop package"):
+        eventloop.loop_factory("uvloop")
 
 
 def test_failing_session_is_isolated(tiny_tokenizer, monkeypatch):
