@@ -298,9 +298,10 @@ def test_state_pool_rows_and_limits(toks, backend):
         f3stream.session.EncoderSession(tok, representations=False, pool=pool)
 
 
-def test_numba_gelu_and_blocked_linear_match_reference():
-    """The numba GELU's rational erf stays at float32 precision over the whole range, and the
-    row-blocked BLAS path of ``_linear`` equals one big product at every batch size."""
+def test_numba_gelu_and_linear_paths_match_reference():
+    """The numba GELU's rational erf stays at float32 precision over the whole range, and every
+    path of ``_linear`` (row-blocked BLAS, one product, our own few-rows loop) equals a
+    float64 product at every batch size."""
     from f3stream.backends import numba_backend as nb
     x = np.concatenate([np.linspace(-12, 12, 200001), [-1e4, -5.66, 5.66, 1e4]]).astype(
         np.float32)
@@ -315,9 +316,10 @@ def test_numba_gelu_and_blocked_linear_match_reference():
     for n in (1, 4, 5, 9, 16, 17, 40):
         a = rng.standard_normal((n, k)).astype(np.float32)
         ref = a.astype(np.float64) @ w + b
-        for small in (nb.SMALL_GEMM, 0):  # row blocks, or one product
-            assert np.abs(nb._linear(a, w, b, small) - ref).max() <= 1e-3, (n, small)
-    assert nb.small_gemm_limit() in (0, nb.SMALL_GEMM)
+        for plan in ((nb.SMALL_GEMM, 0), (0, 0), (0, 16)):  # row blocks, BLAS, own loop
+            assert np.abs(nb._linear(a, w, b, plan) - ref).max() <= 1e-3, (n, plan)
+    block_limit, own_rows = nb.gemm_plan()
+    assert block_limit in (0, nb.SMALL_GEMM) and own_rows in (0, *nb.PLAN_ROWS)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])

@@ -59,24 +59,65 @@ def _layer_norm(x, g, b, eps):
     return out
 
 
-# Some OpenBLAS builds multiply small products (M*K*N up to about 2^20) on a fast path
-# without packing, and for M just above that limit their packed GEMM is 2-3x slower per row
-# (measured on an AVX-512 machine for batched server steps of 2-16 streams); row blocks that
-# stay on the fast path avoid that dip. Other builds (or OPENBLAS_CORETYPE=Haswell on the same
-# machine) have no such path, and there the same row blocks made a 10-stream step 1.7x
-# slower. So the engine measures once per process which holds (:func:`small_gemm_limit`) and
-# passes the limit to the kernels (0: never split).
+# How a product of a few rows is best done depends on the BLAS build, so the engine measures
+# it once per process (:func:`gemm_plan`) and passes the plan to the kernels:
+# * Some OpenBLAS builds multiply small products (M*K*N up to about 2^20) on a fast path
+#   without packing, and for M just above that limit their packed GEMM is 2-3x slower per row
+#   (measured on an AVX-512 machine for batched server steps of 2-16 streams); row blocks
+#   that stay on the fast path avoid that dip.
+# * Builds without that path (OpenBLAS's Haswell kernels, which OPENBLAS_CORETYPE=Haswell
+#   selects even on AVX-512 machines) run 2-8 rows at a quarter of their large-M speed; there
+#   the same row blocks made a 10-stream step 1.7x slower, and a plain vectorized loop
+#   (:func:`_few_rows_product`) is 2-4x faster than BLAS for 2-8 rows.
+# A plan is ``(block_limit, own_rows)``: BLAS in row blocks of M*K*N <= block_limit (0: never
+# split), and our own loop for 2..own_rows rows (0: never).
 SMALL_GEMM = 1_000_000
+PLAN_ROWS = (4, 8, 12, 16)   # row counts at which our own loop is tried against BLAS
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _few_rows_product(x, wt):
+    """``x [N, I] @ wt [I, O]`` for small N: each weight row is loaded once per 4 output rows
+    and multiplied into them with SIMD over O (fastmath: fused multiply-adds; the sums over I
+    keep their order)."""
+    n, k = x.shape
+    o = wt.shape[1]
+    y = np.zeros((n, o), np.float32)
+    i = 0
+    while i + 4 <= n:
+        y0, y1, y2, y3 = y[i], y[i + 1], y[i + 2], y[i + 3]
+        for kk in range(k):
+            a0, a1, a2, a3 = x[i, kk], x[i + 1, kk], x[i + 2, kk], x[i + 3, kk]
+            w = wt[kk]
+            for j in range(o):
+                wj = w[j]
+                y0[j] += a0 * wj
+                y1[j] += a1 * wj
+                y2[j] += a2 * wj
+                y3[j] += a3 * wj
+        i += 4
+    while i < n:
+        yi = y[i]
+        for kk in range(k):
+            a = x[i, kk]
+            w = wt[kk]
+            for j in range(o):
+                yi[j] += a * w[j]
+        i += 1
+    return y
 
 
 @njit(cache=True, nogil=True)
-def _linear(x, wt, b, small):
-    """``x [N, I] @ wt [I, O] + b`` (BLAS sgemm, in row blocks that keep M*I*O <= ``small``
-    when that is faster: :func:`small_gemm_limit`)."""
+def _linear(x, wt, b, plan):
+    """``x [N, I] @ wt [I, O] + b`` as ``plan`` says (:func:`gemm_plan`): our own loop for
+    2..own_rows rows, else BLAS sgemm, in row blocks when that is faster."""
+    block_limit, own_rows = plan
     n, k = x.shape
     o = wt.shape[1]
-    blk = max(1, small // (k * o))
-    if small > 0 and blk < n <= 4 * blk:
+    blk = max(1, block_limit // (k * o))
+    if 1 < n <= own_rows:
+        y = _few_rows_product(x, wt)
+    elif block_limit > 0 and blk < n <= 4 * blk:
         y = np.empty((n, o), np.float32)
         for a in range(0, n, blk):
             e = min(n, a + blk)
@@ -90,42 +131,53 @@ def _linear(x, wt, b, small):
 
 
 @njit(cache=True, nogil=True)
-def _repeat_linear(x, wt, b, small, reps):
-    y = _linear(x, wt, b, small)
+def _repeat_linear(x, wt, b, plan, reps):
+    y = _linear(x, wt, b, plan)
     for _ in range(reps - 1):
-        y = _linear(x, wt, b, small)
+        y = _linear(x, wt, b, plan)
     return y
 
 
-@functools.cache
-def small_gemm_limit() -> int:
-    """:data:`SMALL_GEMM` if row blocks are faster with this process's BLAS, else 0.
+def _best_time(x: np.ndarray, wt: np.ndarray, plan: tuple[int, int]) -> float:
+    b = np.zeros(wt.shape[1], np.float32)
+    _repeat_linear(x, wt, b, plan, 1)  # compile (or load from the cache) and warm up
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        _repeat_linear(x, wt, b, plan, 10)
+        runs.append(time.perf_counter() - t0)
+    return min(runs)
 
-    Measured once per process (~30 ms): the QKV product of a 20-stream transformer step
-    (``[20, 256] @ [256, 768]``) whole and in 4 blocks of 5 rows, best of 5 runs each; blocks
-    must win by 20 %. ``F3STREAM_SMALL_GEMM=N`` skips the measurement (0: never split). Only
-    speed depends on it: each row's products are the same either way, up to BLAS rounding."""
-    forced = os.environ.get("F3STREAM_SMALL_GEMM")
+
+@functools.cache
+def gemm_plan() -> tuple[int, int]:
+    """``(block_limit, own_rows)`` for this process's BLAS (see the comment above).
+
+    Measured once per process (~0.1 s) on a transformer's QKV product (``[M, 256] @ [256,
+    768]``), best of 5 runs each: row blocks (at M = 20) must beat one product by 20 %, our
+    own loop must beat BLAS by 10 % at M = 4 (then 8, 12, 16) to take those sizes.
+    ``F3STREAM_GEMM_PLAN=block_limit,own_rows`` skips the measurement ("0,0": plain BLAS).
+    Only speed depends on the plan: every path sums the same products, up to float32
+    rounding order."""
+    forced = os.environ.get("F3STREAM_GEMM_PLAN")
     if forced is not None:
         try:
-            return max(0, int(forced))
+            block_limit, own_rows = (max(0, int(v)) for v in forced.split(","))
         except ValueError:
-            raise F3StreamError(f"F3STREAM_SMALL_GEMM must be an integer, got {forced!r}")
+            raise F3StreamError("F3STREAM_GEMM_PLAN must be two integers 'block_limit,"
+                                f"own_rows', got {forced!r}") from None
+        return block_limit, own_rows
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((20, 256), dtype=np.float32)
     wt = rng.standard_normal((256, 768), dtype=np.float32)
-    b = np.zeros(768, np.float32)
-
-    def best(small: int) -> float:
-        _repeat_linear(x, wt, b, small, 1)  # compile (or load from cache) and warm up
-        runs = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            _repeat_linear(x, wt, b, small, 10)
-            runs.append(time.perf_counter() - t0)
-        return min(runs)
-
-    return SMALL_GEMM if best(SMALL_GEMM) < 0.8 * best(0) else 0
+    x = rng.standard_normal((max(PLAN_ROWS[-1], 20), 256), dtype=np.float32)
+    block = (SMALL_GEMM, 0) if _best_time(x[:20], wt, (SMALL_GEMM, 0)) < 0.8 * _best_time(
+        x[:20], wt, (0, 0)) else (0, 0)
+    own_rows = 0
+    for m in PLAN_ROWS:
+        if _best_time(x[:m], wt, (block[0], m)) >= 0.9 * _best_time(x[:m], wt, block):
+            break
+        own_rows = m
+    return block[0], own_rows
 
 
 # GELU(x) = x/2 (1 + erf(x/sqrt 2)), with erf(u) = u P(u^2) / Q(u^2) on |u| <= 4 (and +-1
@@ -162,10 +214,10 @@ def _gelu_(x):
 
 
 @njit(cache=True, nogil=True)
-def _mlp(x, w1, b1, w2, b2, small):
-    h = _linear(x, w1, b1, small)
+def _mlp(x, w1, b1, w2, b2, plan):
+    h = _linear(x, w1, b1, plan)
     _gelu_(h)
-    return _linear(h, w2, b2, small)
+    return _linear(h, w2, b2, plan)
 
 
 @njit(cache=True, nogil=True)
@@ -223,32 +275,34 @@ def _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_
 
 
 @njit(cache=True, nogil=True)
-def _convnext(x, buf, rows, small, dw_w, dw_b, ln_g, ln_b, w1, b1, w2, b2, gamma):
+def _convnext(x, buf, rows, plan, dw_wt, dw_b, ln_g, ln_b, w1, b1, w2, b2, gamma):
     """Causal ConvNeXt block on ``x [B, T, C]``; ``buf[rows[b]]`` (``[C, K-1]``) updated in
-    place."""
+    place. ``dw_wt`` is the depthwise kernel transposed to ``[K, C]``: each stream's history
+    and input are laid out time-major in one window, so every tap is a SIMD pass over the
+    channels (same sums, same order as a per-channel loop)."""
     bsz, t_len, c_len = x.shape
     k1 = buf.shape[2]
-    kk = dw_w.shape[1]
+    kk = dw_wt.shape[0]
     h = np.empty((bsz * t_len, c_len), np.float32)
+    win = np.empty((k1 + t_len, c_len), np.float32)
     for b in range(bsz):
         r = rows[b]
-        for c in range(c_len):
-            for t in range(t_len):
-                acc = np.float32(dw_b[c])
-                for k in range(kk):
-                    idx = t + k
-                    v = buf[r, c, idx] if idx < k1 else x[b, idx - k1, c]
-                    acc += dw_w[c, k] * v
-                h[b * t_len + t, c] = acc
-            if t_len >= k1:
-                for k in range(k1):
-                    buf[r, c, k] = x[b, t_len - k1 + k, c]
-            else:
-                for k in range(k1 - t_len):
-                    buf[r, c, k] = buf[r, c, k + t_len]
-                for k in range(t_len):
-                    buf[r, c, k1 - t_len + k] = x[b, k, c]
-    h = _mlp(_layer_norm(h, ln_g, ln_b, LN_EPS), w1, b1, w2, b2, small)
+        for s in range(k1):
+            for c in range(c_len):
+                win[s, c] = buf[r, c, s]
+        win[k1:] = x[b]
+        for t in range(t_len):
+            acc = h[b * t_len + t]
+            acc[:] = dw_b
+            for k in range(kk):
+                wk = dw_wt[k]
+                src = win[t + k]
+                for c in range(c_len):
+                    acc[c] += wk[c] * src[c]
+        for s in range(k1):  # the new history: the window's last K-1 steps
+            for c in range(c_len):
+                buf[r, c, s] = win[t_len + s, c]
+    h = _mlp(_layer_norm(h, ln_g, ln_b, LN_EPS), w1, b1, w2, b2, plan)
     out = np.empty_like(x)
     for b in range(bsz):
         for t in range(t_len):
@@ -322,16 +376,16 @@ def _window_attention(qkv, kc, vc, pos, rows, slopes, bsz, t_len):
 
 
 @njit(cache=True, nogil=True)
-def _transformer_layer(x, kc, vc, pos, rows, small, ln1_g, ln1_b, wqkv, bqkv, wo, bo, ln2_g, ln2_b,
-                       w1, b1, w2, b2, slopes):
+def _transformer_layer(x, kc, vc, pos, rows, plan, ln1_g, ln1_b, wqkv, bqkv, wo, bo, ln2_g,
+                       ln2_b, w1, b1, w2, b2, slopes):
     """Pre-norm layer with sliding-window ALiBi attention on ``x [B, T, D]``; the caches of
     the streams at ``rows`` are updated in place (see :func:`_window_attention`)."""
     bsz, t_len, d = x.shape
     x2 = np.ascontiguousarray(x).reshape(bsz * t_len, d)
-    qkv = _linear(_layer_norm(x2, ln1_g, ln1_b, LN_EPS), wqkv, bqkv, small)
+    qkv = _linear(_layer_norm(x2, ln1_g, ln1_b, LN_EPS), wqkv, bqkv, plan)
     att = _window_attention(qkv, kc, vc, pos, rows, slopes, bsz, t_len)
-    x3 = x2 + _linear(att, wo, bo, small)
-    x3 += _mlp(_layer_norm(x3, ln2_g, ln2_b, LN_EPS), w1, b1, w2, b2, small)
+    x3 = x2 + _linear(att, wo, bo, plan)
+    x3 += _mlp(_layer_norm(x3, ln2_g, ln2_b, LN_EPS), w1, b1, w2, b2, plan)
     return x3.reshape(bsz, t_len, d)
 
 
@@ -387,37 +441,37 @@ def _istft_ola(out, basis, carry, rows, max_log_mag, hop):
 # layer; ``n`` says how many are real (a config may have zero layers; a placeholder keeps the
 # tuple typed).
 @njit(cache=True, nogil=True)
-def _conv_stack(h, bufs, weights, n, rows, small):
+def _conv_stack(h, bufs, weights, n, rows, plan):
     for i in range(n):
-        h = _convnext(h, bufs[i], rows, small, *weights[i])
+        h = _convnext(h, bufs[i], rows, plan, *weights[i])
     return h
 
 
 @njit(cache=True, nogil=True)
-def _transformer_stack(h, ks, vs, ps, weights, n, rows, small):
+def _transformer_stack(h, ks, vs, ps, weights, n, rows, plan):
     for i in range(n):
-        h = _transformer_layer(h, ks[i], vs[i], ps[i], rows, small, *weights[i])
+        h = _transformer_layer(h, ks[i], vs[i], ps[i], rows, plan, *weights[i])
     return h
 
 
 @njit(cache=True, nogil=True)
 def _encode_kernel(wav, rows, history, bufs, conv_w, n_conv, ks, vs, ps, tr_w, n_tr, cos_basis,
                    sin_basis, in_w, in_b, group_w, group_b, norm_g, norm_b, out_w, out_b, n_fft,
-                   hop, group, power_exp, floor, normalize, eps, small):
+                   hop, group, power_exp, floor, normalize, eps, plan):
     """``wav [B, T*hop*group]`` -> latents ``[B*T, D]``; the streams' states at ``rows``
     advance in place."""
     bsz = wav.shape[0]
     t_len = wav.shape[1] // (hop * group)
     spec = _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_exp,
                            floor)
-    h = _linear(spec, in_w, in_b, small)
+    h = _linear(spec, in_w, in_b, plan)
     h = h.reshape(bsz, t_len * group, h.shape[1])
-    h = _conv_stack(h, bufs, conv_w, n_conv, rows, small)
-    h = _linear(h.reshape(bsz * t_len, group * h.shape[2]), group_w, group_b, small)
+    h = _conv_stack(h, bufs, conv_w, n_conv, rows, plan)
+    h = _linear(h.reshape(bsz * t_len, group * h.shape[2]), group_w, group_b, plan)
     h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows,
-                           small)
+                           plan)
     z = _linear(_layer_norm(h.reshape(bsz * t_len, h.shape[2]), norm_g, norm_b, LN_EPS),
-                out_w, out_b, small)
+                out_w, out_b, plan)
     if normalize:
         _channel_norm_(z, eps)
     return z
@@ -425,30 +479,30 @@ def _encode_kernel(wav, rows, history, bufs, conv_w, n_conv, ks, vs, ps, tr_w, n
 
 @njit(cache=True, nogil=True)
 def _represent_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, in_w, in_b, norm_g, norm_b,
-                      out_w, out_b, small):
+                      out_w, out_b, plan):
     """Latents ``[B*T, D]`` -> representations ``[B*T, R]``, states at ``rows`` in place."""
     t_len = z2.shape[0] // bsz
-    h = _linear(z2, in_w, in_b, small)
+    h = _linear(z2, in_w, in_b, plan)
     h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows,
-                           small)
+                           plan)
     return _linear(_layer_norm(h.reshape(bsz * t_len, h.shape[2]), norm_g, norm_b, LN_EPS),
-                   out_w, out_b, small)
+                   out_w, out_b, plan)
 
 
 @njit(cache=True, nogil=True)
 def _decode_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, bufs, conv_w, n_conv, carry, in_w,
                    in_b, ungroup_w, ungroup_b, norm_g, norm_b, out_w, out_b, basis,
-                   max_log_mag, hop, group, small):
+                   max_log_mag, hop, group, plan):
     """Latents ``[B*T, D]`` -> waveform ``[B, T*hop*group]`` (delayed by the overlap-add)."""
     t_len = z2.shape[0] // bsz
-    h = _linear(z2, in_w, in_b, small)
+    h = _linear(z2, in_w, in_b, plan)
     h = _transformer_stack(h.reshape(bsz, t_len, h.shape[1]), ks, vs, ps, tr_w, n_tr, rows,
-                           small)
-    h = _linear(h.reshape(bsz * t_len, h.shape[2]), ungroup_w, ungroup_b, small)
+                           plan)
+    h = _linear(h.reshape(bsz * t_len, h.shape[2]), ungroup_w, ungroup_b, plan)
     h = _conv_stack(h.reshape(bsz, t_len * group, h.shape[1] // group), bufs, conv_w, n_conv,
-                    rows, small)
+                    rows, plan)
     out = _linear(_layer_norm(h.reshape(bsz * t_len * group, h.shape[2]), norm_g, norm_b,
-                              LN_EPS), out_w, out_b, small)
+                              LN_EPS), out_w, out_b, plan)
     return _istft_ola(out, basis, carry, rows, max_log_mag, hop)
 
 
@@ -504,8 +558,9 @@ def _c(a: np.ndarray) -> np.ndarray:
 def _convnext_weights(seq) -> list[tuple]:
     out = []
     for blk in seq.layers:
-        w = blk.dwconv.conv.weight  # [C, 1, K] depthwise
-        out.append((_f32(w[:, 0, :]), _f32(blk.dwconv.conv.bias), *_ln(blk.norm),
+        w = blk.dwconv.conv.weight  # [C, 1, K] depthwise, used as [K, C] (see _convnext)
+        out.append((np.ascontiguousarray(_f32(w[:, 0, :]).T), _f32(blk.dwconv.conv.bias),
+                    *_ln(blk.norm),
                     *_lin(blk.pw1), *_lin(blk.pw2), _f32(blk.gamma)))
     return out
 
@@ -530,7 +585,7 @@ class NumbaEngine(NumpyStateEngine):
         self.bottleneck_eps = float(model.bottleneck.eps)
         self.power_exp = np.float32((SPECTRAL_COMPRESSION - 1.0) / 2.0)
         self.max_log_mag = np.float32(AudioDecoder.MAX_LOG_MAGNITUDE)
-        self.small_gemm = small_gemm_limit()
+        self.gemm_plan = gemm_plan()
         enc, dec, rep = model.encoder, model.decoder, model.representation
         self.w = {
             "enc_dft": _symmetric_dft(enc.basis, ae.n_fft), "enc_in": _lin(enc.input_proj),
@@ -581,7 +636,7 @@ class NumbaEngine(NumpyStateEngine):
         ks, vs, ps = self._attn_state(state, prefix + "transformer.", n_tr)
         w = self.w
         return _represent_kernel(z2, bsz, rows, ks, vs, ps, tr_w, n_tr, *w["rep_in"],
-                                 *w["rep_norm"], *w["rep_out"], self.small_gemm)
+                                 *w["rep_norm"], *w["rep_out"], self.gemm_plan)
 
     # -- engine API ----------------------------------------------------------------------
     def encode_step(self, wav, state):
@@ -617,7 +672,7 @@ class NumbaEngine(NumpyStateEngine):
                            n_conv, ks, vs, ps, tr_w, n_tr, *w["enc_dft"], *w["enc_in"],
                            *w["enc_group"], *w["enc_norm"], *w["enc_out"], self.n_fft,
                            self.stft_hop, self.group, self.power_exp, SPECTRAL_FLOOR,
-                           self.normalize, self.bottleneck_eps, self.small_gemm)
+                           self.normalize, self.bottleneck_eps, self.gemm_plan)
         reps = None
         if with_reps:
             reps = self._represent(z, wav.shape[0], state, "representation.", rows)
@@ -651,7 +706,7 @@ class NumbaEngine(NumpyStateEngine):
                              self._conv_state(state, "convs.", n_conv), conv_w, n_conv,
                              _c(state["ola.carry"]), *w["dec_in"], *w["dec_ungroup"],
                              *w["dec_norm"], *w["dec_out"], w["dec_basis"], self.max_log_mag,
-                             self.stft_hop, self.group, self.small_gemm)
+                             self.stft_hop, self.group, self.gemm_plan)
         return wav
 
     def decode_tail(self, state):
