@@ -125,8 +125,7 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
     if args.gil_switch_interval is not None:
         cmd += ["--gil-switch-interval", str(args.gil_switch_interval)]
     cmd += ["--loop", args.loop]
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # BLAS single-threaded; --threads is the model's
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # serve's own defaults
     line = proc.stdout.readline()
     m = re.search(r"ws://[\d.]+:(\d+)", line)
     if not m:
@@ -186,7 +185,8 @@ def main() -> None:
     p.add_argument("--aligned", action="store_true",
                    help="all clients complete their frames at the same instant (worst-case "
                         "bursts) instead of at phases spread evenly over a frame")
-    p.add_argument("--threads", type=int, default=1, help="server torch threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="server threads per model step (serve --threads)")
     p.add_argument("--backend", default=None, choices=("torch", "numba", "onnx"),
                    help="server model backend (default: the server's default)")
     p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")

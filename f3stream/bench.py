@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import F3StreamError
 from .fileio import atomic_write_bytes
+from .threads import limit_threads
 
 DEFAULT_BACKENDS = ("torch", "numba", "onnx")
 
@@ -41,18 +42,6 @@ def machine_info(threads: int) -> dict[str, Any]:
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "threads": threads,
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
-
-
-def _limit_threads(threads: int) -> None:
-    """One knob for torch, OpenMP and the BLAS that Numba's ``np.dot`` calls."""
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(threads)
-    except ImportError:
-        pass
 
 
 def _percentiles(times: list[float]) -> dict[str, float]:
@@ -79,7 +68,7 @@ def measure_backends(backends: list[str], checkpoint: str | None, seconds: float
 
     toks = {b: Tokenizer.load(checkpoint, "cpu", b, **({"threads": threads} if b == "onnx"
                                                          else {})) for b in backends}
-    _limit_threads(threads)
+    limit_threads(threads)
     any_tok = next(iter(toks.values()))
     hop = any_tok.hop_length
     audio = _speech(any_tok, max(seconds, (frames + 20) * hop / any_tok.sample_rate))
@@ -223,7 +212,7 @@ def measure_mimi(frames: int = 100, threads: int = 1, toks: dict | None = None
         from moshi.models import loaders
     except ImportError:
         return None
-    _limit_threads(threads)
+    limit_threads(threads)
     t0 = time.perf_counter()
     model = loaders.get_mimi(None, device="cpu").eval()
     build_s = time.perf_counter() - t0

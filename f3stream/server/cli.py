@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 from ..errors import F3StreamError
+from ..threads import limit_threads
 from . import eventloop
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
@@ -48,12 +49,11 @@ def serve_backend(device: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     _need_websockets()
     loop_name, _ = eventloop.loop_factory(args.loop)  # a missing uvloop fails before loading
+    if args.threads < 1:
+        raise LiveCLIError(f"--threads must be >= 1, got {args.threads}")
     from ..tokenizer import Tokenizer
     from .server import ServerConfig, run_server
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ServerConfig(max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("f3stream serve: preparing the numba kernels (about 30 s the first time, "
                   "then cached)", file=sys.stderr, flush=True)
         warmup()
+    limit_threads(args.threads)  # after warmup: numba loads its BLAS when it first compiles
 
     # The model, torch and numba live as long as the process: keep their objects out of the
     # cyclic GC, whose full passes over them paused a loaded event loop for ~100 ms at a time.
@@ -166,9 +167,10 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
                    help="accept browser connections only from this Origin (repeatable); "
                         "clients that send no Origin are accepted")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch CPU threads for the model (default: torch's choice; the numba "
-                        "engine runs each step on one thread)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads of each model step: torch's and the BLAS under the numba "
+                        "engine (default: 1, which leaves the other cores to the event loop; "
+                        "measured best on 2 cores)")
     p.add_argument("--loop", choices=eventloop.LOOPS, default="auto",
                    help="event loop: uvloop (less CPU per message), the standard asyncio "
                         "loop, or auto = uvloop when installed (default: auto)")
