@@ -117,7 +117,8 @@ async def one_client(url: str, seed: int, duration: float, chunk_ms: float, retu
 
 def start_server(args) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "f3stream", "serve", "--port", "0", "--quiet",
-           "--threads", str(args.threads), "--max-sessions", str(args.clients + 10)]
+           "--threads", str(args.threads), "--max-sessions", str(args.clients + 10),
+           "--model-workers", str(args.model_workers)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     if args.backend:
@@ -155,7 +156,8 @@ async def run(args, port: int) -> dict:
         "clients": args.clients, "duration_s": args.duration, "direction": args.direction,
         "return": args.returns if args.direction == "encode" else "audio",
         "chunk_ms": args.chunk_ms, "phases": "aligned" if args.aligned else "uniform",
-        "server_threads": args.threads, "backend": args.backend,
+        "server_threads": args.threads, "model_workers": args.model_workers,
+        "backend": args.backend,
         "gil_switch_interval": args.gil_switch_interval,
         "loop": eventloop.loop_factory(args.loop)[0],
         "load_average_at_end": os.getloadavg(),
@@ -187,6 +189,8 @@ def main() -> None:
                         "bursts) instead of at phases spread evenly over a frame")
     p.add_argument("--threads", type=int, default=1,
                    help="server threads per model step (serve --threads)")
+    p.add_argument("--model-workers", type=int, default=2,
+                   help="serve --model-workers (default: 2, serve's default)")
     p.add_argument("--backend", default=None, choices=("torch", "numba", "onnx"),
                    help="server model backend (default: the server's default)")
     p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")

@@ -184,6 +184,93 @@ def test_numba_server_reuses_pool_rows_and_matches_offline(tiny_config):
         assert np.abs(r.representations - want.representations).max() <= 1e-4
 
 
+def test_overlapping_rounds_keep_sessions_exclusive_and_exact(tiny_tokenizer, monkeypatch):
+    """With two model workers and a slow model, rounds compute at the same time; no session
+    is ever in two running rounds, a disconnected session's row is only given back once no
+    running round holds it, and every stream still equals offline tokenization."""
+    import threading
+    import time
+
+    from f3stream.server import batcher as batcher_mod
+    from f3stream.session import _StatePool
+
+    real_compute = batcher_mod.compute
+    lock = threading.Lock()
+    running: list[set[int]] = []
+    seen = {"overlap": 0, "shared": 0, "release_in_round": 0}
+
+    def slow_compute(tok, items):
+        mine = {id(w.session.coder) for w in items}
+        with lock:
+            seen["overlap"] += bool(running)
+            seen["shared"] += any(mine & other for other in running)
+            running.append(mine)
+        time.sleep(0.02)  # long enough for the next input to start a second round
+        try:
+            return real_compute(tok, items)
+        finally:
+            with lock:
+                running.remove(mine)
+
+    real_release = _StatePool._release
+
+    def checked_release(pool, row):
+        with lock:
+            seen["release_in_round"] += any(
+                id(c) in ids for ids in running for c in pool_sessions.get(id(pool), ())
+                if c.row == row)
+        return real_release(pool, row)
+
+    pool_sessions: dict[int, list] = {}
+    monkeypatch.setattr(batcher_mod, "compute", slow_compute)
+    monkeypatch.setattr(_StatePool, "_release", checked_release)
+    wavs = [noise(70 + i, 6000 + 1500 * i) for i in range(6)]
+
+    async def rude(url):  # leaves while its audio may be in a round
+        ws = await connect(url, compression=None)
+        await ws.send(hello(format="float32"))
+        await ws.recv()
+        await ws.send(noise(99, 4000).tobytes())
+        await asyncio.sleep(0.01)
+        ws.transport.abort()
+
+    async def paced(url, wav, i):  # sessions with input at different moments
+        await asyncio.sleep(0.004 * i)
+        async with AsyncClient(url) as c:
+            for a in range(0, wav.size, 960):
+                await c.send_audio(wav[a:a + 960])
+                await asyncio.sleep(0.003 + 0.002 * i)
+            await c.close()
+            assert c.error is None, c.error
+            return c.result()
+
+    async def main():
+        async with serving(tiny_tokenizer, model_workers=2) as (srv, url):
+            assert srv.batcher.workers == 2
+            orig = srv._pooled_session
+
+            def tracked(reps):
+                coder = orig(reps)
+                pool_sessions.setdefault(id(coder.pool), []).append(coder)
+                return coder
+            srv._pooled_session = tracked
+            res = await asyncio.gather(*[paced(url, w, i) for i, w in enumerate(wavs)],
+                                       *[rude(url) for _ in range(3)])
+            for _ in range(100):
+                if not srv.sessions:
+                    break
+                await asyncio.sleep(0.05)
+            return res[:len(wavs)], [(p.free_rows, p.capacity)
+                                     for ps in srv._pools.values() for p in ps]
+
+    results, pools = run(main())
+    for w, r in zip(wavs, results):
+        assert_matches(tiny_tokenizer, w, r)
+    assert seen["overlap"] > 0, "rounds never overlapped: the test did not test anything"
+    assert seen["shared"] == 0 and seen["release_in_round"] == 0
+    assert all(free == cap for free, cap in pools)  # every row came back
+
+
 def test_decode_direction_equals_tokenizer_decode(tiny_tokenizer):
     lat = tiny_tokenizer.encode(noise(7, 20000))
 

@@ -1,9 +1,10 @@
 """The batching loop: collects the work of every session that has input, runs it as one batched
 model step in a worker thread, and hands the results back on the event loop.
 
-One worker thread does all model work, so the event loop never blocks on the model and
-sessions never race on shared torch state; while a step runs, new input accumulates and the
-next step batches it all.
+Model work runs on worker threads (``workers`` of them, see :class:`Batcher`), so the event
+loop never blocks on the model; while a round computes, new input accumulates and the next
+round batches it all. A session is in at most one round at a time, so sessions never race
+on their state rows and their frames stay in order.
 """
 
 from __future__ import annotations
@@ -130,31 +131,44 @@ def _control(w: Work) -> None:
 
 
 class Batcher:
-    """Runs rounds of model work whenever sessions have input; see the module docstring."""
+    """Runs rounds of model work whenever sessions have input; see the module docstring.
+
+    With ``workers`` > 1, rounds overlap: input that arrives while a round computes starts
+    the next round on another thread at once instead of waiting for the first to finish. A
+    session is in at most one round at a time (its input waits for its round to end), so
+    its frames stay in order and no two threads touch its state row."""
 
     def __init__(self, tok: Tokenizer, sessions: Callable[[], Iterable[LiveSession]],
-                 deliver: Callable[[Work], None], on_batch: Callable[[int, float], None]):
+                 deliver: Callable[[Work], None], on_batch: Callable[[int, float], None],
+                 workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.tok = tok
         self.sessions = sessions
         self.deliver = deliver
         self.on_batch = on_batch
+        self.workers = workers
         self.wake = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="f3stream-model")
+        self.executor = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="f3stream-model")
         self.task: asyncio.Task | None = None
         self.stopping = False
-        self.busy = False                     # a step is running in the worker thread
+        self._rounds: set[asyncio.Task] = set()     # round tasks not yet finished
+        self._computing = 0                         # rounds holding a worker thread
+        self._in_round: set[int] = set()            # id() of the coders in those rounds
         self._retired: list[EncoderSession | DecoderSession] = []
 
     def retire(self, coder: EncoderSession | DecoderSession) -> None:
-        """Gives a finished session's pool row back, once no step can be using it."""
+        """Gives a finished session's pool row back, once no running round uses it."""
         self._retired.append(coder)
-        if not self.busy:
-            self._release_retired()
+        self._release_retired()
 
     def _release_retired(self) -> None:
+        keep = [c for c in self._retired if id(c) in self._in_round]
         for coder in self._retired:
-            coder.release()
-        self._retired.clear()
+            if id(coder) not in self._in_round:
+                coder.release()
+        self._retired = keep
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -164,29 +178,40 @@ class Batcher:
         while not self.stopping:
             await self.wake.wait()
             self.wake.clear()
-            items = [w for s in list(self.sessions()) if not s.dead or s.inbox
+            if self._computing >= self.workers:
+                continue  # a round that ends wakes us again if work is waiting
+            items = [w for s in list(self.sessions())
+                     if (not s.dead or s.inbox) and id(s.coder) not in self._in_round
                      for w in [s.take_work()] if w is not None]
             if not items:
                 continue
-            t0 = time.perf_counter()
-            self.busy = True
+            self._in_round.update(id(w.session.coder) for w in items)
+            self._computing += 1
+            task = loop.create_task(self._round(items))
+            self._rounds.add(task)
+            task.add_done_callback(self._rounds.discard)
+
+    async def _round(self, items: list[Work]) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            done = await loop.run_in_executor(self.executor, compute, self.tok, items)
+        except RuntimeError:  # executor shut down under us: the server is stopping
+            return
+        finally:
+            self._computing -= 1
+            self._in_round.difference_update(id(w.session.coder) for w in items)
+            self._release_retired()
+        self.on_batch(sum(1 for w in items if w.data is not None), time.perf_counter() - t0)
+        for w in done:
             try:
-                done = await loop.run_in_executor(self.executor, compute, self.tok, items)
-            except RuntimeError:  # executor shut down under us: the server is stopping
-                return
-            finally:
-                self.busy = False
-                self._release_retired()
-            self.on_batch(sum(1 for w in items if w.data is not None), time.perf_counter() - t0)
-            for w in done:
-                try:
-                    self.deliver(w)
-                except Exception:  # noqa: BLE001 - the loop must survive any one session
-                    log.exception("delivering to session %s failed", w.session.id)
-                    w.session.dead = True
-                    w.session.inbox.clear()
-            if any(s.needs_step for s in self.sessions()):
-                self.wake.set()
+                self.deliver(w)
+            except Exception:  # noqa: BLE001 - the loop must survive any one session
+                log.exception("delivering to session %s failed", w.session.id)
+                w.session.dead = True
+                w.session.inbox.clear()
+        if any(s.needs_step for s in self.sessions()):
+            self.wake.set()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -196,5 +221,6 @@ class Batcher:
                 await asyncio.wait_for(self.task, 30)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self.task.cancel()
+        if self._rounds:
+            await asyncio.wait(list(self._rounds), timeout=30)
         self.executor.shutdown(wait=True)
-

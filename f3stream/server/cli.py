@@ -49,8 +49,10 @@ def serve_backend(device: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     _need_websockets()
     loop_name, _ = eventloop.loop_factory(args.loop)  # a missing uvloop fails before loading
-    if args.threads < 1:
-        raise LiveCLIError(f"--threads must be >= 1, got {args.threads}")
+    for name in ("threads", "model_workers"):
+        if getattr(args, name) < 1:
+            raise LiveCLIError(f"--{name.replace('_', '-')} must be >= 1, got "
+                               f"{getattr(args, name)}")
     from ..tokenizer import Tokenizer
     from .server import ServerConfig, run_server
 
@@ -61,7 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        max_session_seconds=args.max_session_seconds,
                        send_queue=args.send_queue, token=args.token,
                        allowed_origins=args.allowed_origin or None,
-                       gil_switch_interval=args.gil_switch_interval)
+                       gil_switch_interval=args.gil_switch_interval,
+                       model_workers=args.model_workers)
     backend = args.backend or serve_backend(args.device)
     tok = Tokenizer.load(args.checkpoint, args.device, backend)
     warmup = getattr(tok.engine, "warmup", None)
@@ -171,6 +174,9 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                    help="CPU threads of each model step: torch's and the BLAS under the numba "
                         "engine (default: 1, which leaves the other cores to the event loop; "
                         "measured best on 2 cores)")
+    p.add_argument("--model-workers", type=int, default=2, metavar="N",
+                   help="model rounds computing at once, on disjoint sessions (default: 2: "
+                        "input that arrives during a round starts on the other core)")
     p.add_argument("--loop", choices=eventloop.LOOPS, default="auto",
                    help="event loop: uvloop (less CPU per message), the standard asyncio "
                         "loop, or auto = uvloop when installed (default: auto)")

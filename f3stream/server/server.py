@@ -50,6 +50,10 @@ class ServerConfig:
     token: str | None = None
     allowed_origins: list[str] | None = None
     shutdown_timeout: float = 10.0
+    # Model rounds that may compute at once (each on its own thread, on disjoint sessions).
+    # Two let input that arrives during a round start computing on the second core at once;
+    # on 2 cores that cut 200-stream p99 about in half (docs/server.md).
+    model_workers: int = 2
     close_timeout: float = 2.0
     # The model thread and the event loop share the GIL; with Python's default 5 ms switch
     # interval every torch op the model thread releases the GIL for can cost it up to 5 ms to
@@ -81,7 +85,7 @@ class F3Server:
         if self.cfg.gil_switch_interval is not None:
             sys.setswitchinterval(self.cfg.gil_switch_interval)
         self.batcher = Batcher(self.tok, lambda: self.sessions.values(), self._deliver,
-                               self.metrics.record_batch)
+                               self.metrics.record_batch, self.cfg.model_workers)
         self.batcher.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
         origins = None
