@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from f3stream import Tokenizer
-from f3stream.bench import _limit_threads, _speech, measure_cold_start, measure_mimi
+from f3stream.bench import _speech, measure_cold_start, measure_mimi
+from f3stream.threads import limit_threads
 
 BACKENDS = ["torch", "numba", "onnx"]
 THREADS = 1
@@ -23,8 +24,15 @@ def tok(request):
     if backend != "torch":
         pytest.importorskip(backend if backend == "numba" else "onnxruntime")
     t = Tokenizer.load(None, "cpu", backend, **({"threads": THREADS} if backend == "onnx" else {}))
-    _limit_threads(THREADS)
+    limit_threads(THREADS)
     return t
+
+
+def _timed(benchmark, stat: str) -> float | None:
+    """A timing statistic in seconds; None under --benchmark-disable (nothing was timed)."""
+    if benchmark.stats is None:
+        return None
+    return getattr(getattr(benchmark.stats, "stats", benchmark.stats), stat)
 
 
 def _p99(benchmark):
@@ -72,13 +80,15 @@ def test_decode_step_latency(benchmark, tok):
 def test_encode_represent_rtf(benchmark, tok):
     clip = _speech(tok, SECONDS)
     benchmark.pedantic(tok.tokenize, args=(clip,), rounds=3, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["rtf"] = benchmark.stats.stats.min / SECONDS
+    if _timed(benchmark, "min") is not None:
+        benchmark.extra_info["rtf"] = _timed(benchmark, "min") / SECONDS
 
 
 def test_decode_rtf(benchmark, tok):
     z = tok.encode(_speech(tok, SECONDS))
     benchmark.pedantic(tok.decode, args=(z,), rounds=3, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["rtf"] = benchmark.stats.stats.min / SECONDS
+    if _timed(benchmark, "min") is not None:
+        benchmark.extra_info["rtf"] = _timed(benchmark, "min") / SECONDS
 
 
 def test_state_bytes_per_session(benchmark, tok):
@@ -112,8 +122,9 @@ def test_streams_per_core(benchmark, tok):
     for _ in range(10):
         frame()
     benchmark.pedantic(frame, rounds=200, iterations=1)
-    benchmark.extra_info["streams_per_core"] = int((1.0 / tok.frame_rate)
-                                                   // benchmark.stats.stats.mean)
+    if _timed(benchmark, "mean") is not None:
+        benchmark.extra_info["streams_per_core"] = int((1.0 / tok.frame_rate)
+                                                       // _timed(benchmark, "mean"))
 
 
 def test_mimi_peer(benchmark):

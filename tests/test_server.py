@@ -677,6 +677,27 @@ def test_serve_cli_sigterm_flushes(tiny_tokenizer, tmp_path):
             proc.wait()
 
 
+def test_load_benchmark_runs_and_loses_no_frame():
+    """benchmarks/server_load.py end to end, small: `f3stream serve` with its defaults and
+    a few real-time clients on loopback; every frame arrives and the report is complete."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "server_load.py"),
+                          "--clients", "4", "--duration", "1.5"], capture_output=True,
+                         text=True, timeout=300, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["frames_expected"] == 4 * 38 and report["frames_lost"] == 0
+    assert report["client_errors"] == [] and report["phases"] == "uniform"
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] < 1000
+    assert report["model_workers"] == 2 and report["loop"] in ("uvloop", "asyncio")
+
+
 def test_event_loop_choice(monkeypatch):
     """auto falls back to asyncio without uvloop; asking for uvloop then is a clear error."""
     assert eventloop.loop_factory("asyncio")[0] == "asyncio"
