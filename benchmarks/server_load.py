@@ -4,7 +4,9 @@ Starts the server in a subprocess (so clients and server do not share an event l
 clients that each stream noise in real time in 20 ms chunks for DURATION seconds, and reports
 frames lost (expected minus received; must be 0), client-side frame latency (the send of the
 chunk that completed a frame -> that frame's arrival) and the server's own receive -> send
-latency from the frame headers.
+latency from the frame headers. Streaming starts once every client is connected; client i
+completes its frames i/N of a frame after client 0 (uniform phases, as independent callers
+have), or all at the same instant with --aligned.
 
     python benchmarks/server_load.py --clients 100 --duration 20 --return latents
     python benchmarks/server_load.py --clients 100 --duration 20 --direction decode

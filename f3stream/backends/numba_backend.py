@@ -66,9 +66,9 @@ def _layer_norm(x, g, b, eps):
 #   (measured on an AVX-512 machine for batched server steps of 2-16 streams); row blocks
 #   that stay on the fast path avoid that dip.
 # * Builds without that path (OpenBLAS's Haswell kernels, which OPENBLAS_CORETYPE=Haswell
-#   selects even on AVX-512 machines) run 2-8 rows at a quarter of their large-M speed; there
+#   selects even on AVX-512 machines) run 2-8 rows at a fifth of their large-M speed; there
 #   the same row blocks made a 10-stream step 1.7x slower, and a plain vectorized loop
-#   (:func:`_few_rows_product`) is 2-4x faster than BLAS for 2-8 rows.
+#   (:func:`_few_rows_product`) beat BLAS by 5x at 2 rows, 2x at 4 and 1.2x at 12.
 # A plan is ``(block_limit, own_rows)``: BLAS in row blocks of M*K*N <= block_limit (0: never
 # split), and our own loop for 2..own_rows rows (0: never).
 SMALL_GEMM = 1_000_000
@@ -153,7 +153,7 @@ def _best_time(x: np.ndarray, wt: np.ndarray, plan: tuple[int, int]) -> float:
 def gemm_plan() -> tuple[int, int]:
     """``(block_limit, own_rows)`` for this process's BLAS (see the comment above).
 
-    Measured once per process (~0.1 s) on a transformer's QKV product (``[M, 256] @ [256,
+    Measured once per process (~0.3 s) on a transformer's QKV product (``[M, 256] @ [256,
     768]``), best of 5 runs each: row blocks (at M = 20) must beat one product by 20 %, our
     own loop must beat BLAS by 10 % at M = 4 (then 8, 12, 16) to take those sizes.
     ``F3STREAM_GEMM_PLAN=block_limit,own_rows`` skips the measurement ("0,0": plain BLAS).

@@ -164,11 +164,13 @@ class Batcher:
         self._release_retired()
 
     def _release_retired(self) -> None:
-        keep = [c for c in self._retired if id(c) in self._in_round]
+        still_in_round = []
         for coder in self._retired:
-            if id(coder) not in self._in_round:
+            if id(coder) in self._in_round:
+                still_in_round.append(coder)
+            else:
                 coder.release()
-        self._retired = keep
+        self._retired = still_in_round
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
