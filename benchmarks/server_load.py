@@ -170,7 +170,8 @@ async def run(args, port: int) -> dict:
         "late_client_sends": sum(r["late_sends"] for r in results),
         "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
                        "max": max(lat) if lat else None},
-        "server_latency_ms": {"p50": percentile(slat, 50), "p99": percentile(slat, 99)},
+        "server_latency_ms": {"p50": percentile(slat, 50), "p99": percentile(slat, 99),
+                              "max": max(slat) if slat else None},
         "server_mean_batch_sessions": metrics.get("mean_batch_sessions"),
         "server_model_step_ms": metrics.get("model_step_ms"),
     }

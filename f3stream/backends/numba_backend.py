@@ -68,11 +68,11 @@ def _layer_norm(x, g, b, eps):
 # * Builds without that path (OpenBLAS's Haswell kernels, which OPENBLAS_CORETYPE=Haswell
 #   selects even on AVX-512 machines) run 2-8 rows at a fifth of their large-M speed; there
 #   the same row blocks made a 10-stream step 1.7x slower, and a plain vectorized loop
-#   (:func:`_few_rows_product`) beat BLAS by 5x at 2 rows, 2x at 4 and 1.2x at 12.
+#   (:func:`_few_rows_product`) beat BLAS by 1.5-4.7x at 2 rows and 1.06-1.5x at 8.
 # A plan is ``(block_limit, own_rows)``: BLAS in row blocks of M*K*N <= block_limit (0: never
 # split), and our own loop for 2..own_rows rows (0: never).
 SMALL_GEMM = 1_000_000
-PLAN_ROWS = (4, 8, 12, 16)   # row counts at which our own loop is tried against BLAS
+OWN_ROWS = 8   # the most rows our own loop takes (see gemm_plan)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -153,12 +153,14 @@ def _best_time(x: np.ndarray, wt: np.ndarray, plan: tuple[int, int]) -> float:
 def gemm_plan() -> tuple[int, int]:
     """``(block_limit, own_rows)`` for this process's BLAS (see the comment above).
 
-    Measured once per process (~0.3 s) on a transformer's QKV product (``[M, 256] @ [256,
-    768]``), best of 5 runs each: row blocks (at M = 20) must beat one product by 20 %, our
-    own loop must beat BLAS by 10 % at M = 4 (then 8, 12, 16) to take those sizes.
-    ``F3STREAM_GEMM_PLAN=block_limit,own_rows`` skips the measurement ("0,0": plain BLAS).
-    Only speed depends on the plan: every path sums the same products, up to float32
-    rounding order."""
+    Measured once per process (~0.2 s) on a transformer's QKV product (``[M, 256] @ [256,
+    768]``), best of 5 runs each: row blocks must beat one product by 20 % at M = 20, and our
+    own loop BLAS by 30 % at M = 4, to be used. Where it is used, it takes 2..:data:`OWN_ROWS`
+    rows: over the model's product shapes it beat OpenBLAS's Haswell kernels by 1.5-4.7x at 2
+    rows and 1.06-1.5x at 8, while from 12 rows on the winner depends on the shape (so a
+    timing there would flip from run to run). ``F3STREAM_GEMM_PLAN=block_limit,own_rows``
+    skips the measurement ("0,0": plain BLAS). Only speed depends on the plan: every path
+    sums the same products, up to float32 rounding order."""
     forced = os.environ.get("F3STREAM_GEMM_PLAN")
     if forced is not None:
         try:
@@ -169,15 +171,11 @@ def gemm_plan() -> tuple[int, int]:
         return block_limit, own_rows
     rng = np.random.default_rng(0)
     wt = rng.standard_normal((256, 768), dtype=np.float32)
-    x = rng.standard_normal((max(PLAN_ROWS[-1], 20), 256), dtype=np.float32)
-    block = (SMALL_GEMM, 0) if _best_time(x[:20], wt, (SMALL_GEMM, 0)) < 0.8 * _best_time(
-        x[:20], wt, (0, 0)) else (0, 0)
-    own_rows = 0
-    for m in PLAN_ROWS:
-        if _best_time(x[:m], wt, (block[0], m)) >= 0.9 * _best_time(x[:m], wt, block):
-            break
-        own_rows = m
-    return block[0], own_rows
+    x = rng.standard_normal((20, 256), dtype=np.float32)
+    blocks = _best_time(x, wt, (SMALL_GEMM, 0)) < 0.8 * _best_time(x, wt, (0, 0))
+    block_limit = SMALL_GEMM if blocks else 0
+    own = _best_time(x[:4], wt, (block_limit, 4)) < _best_time(x[:4], wt, (block_limit, 0)) / 1.3
+    return block_limit, OWN_ROWS if own else 0
 
 
 # GELU(x) = x/2 (1 + erf(x/sqrt 2)), with erf(u) = u P(u^2) / Q(u^2) on |u| <= 4 (and +-1
