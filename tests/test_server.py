@@ -698,6 +698,27 @@ def test_load_benchmark_runs_and_loses_no_frame():
     assert report["model_workers"] == 2 and report["loop"] in ("uvloop", "asyncio")
 
 
+def test_serve_thread_limit_reaches_the_blas_of_the_numba_engine(tiny_config):
+    """`serve --threads 1` must also limit the BLAS that numba's products call (its own pool
+    ignores torch.set_num_threads and took both cores: docs/server.md)."""
+    pytest.importorskip("numba")
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from f3stream import Tokenizer
+    from f3stream.threads import limit_threads
+    Tokenizer.from_config(tiny_config, seed=0, backend="numba").engine.warmup()  # loads it
+    torch_threads = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores the pools' sizes afterwards
+        try:
+            limit_threads(1)
+            blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+            assert blas and all(i["num_threads"] == 1 for i in blas)
+            assert torch.get_num_threads() == 1
+        finally:
+            torch.set_num_threads(torch_threads)
+
+
 def test_event_loop_choice(monkeypatch):
     """auto falls back to asyncio without uvloop; asking for uvloop then is a clear error."""
     assert eventloop.loop_factory("asyncio")[0] == "asyncio"
