@@ -133,15 +133,14 @@ def collect_inputs(source: str | os.PathLike) -> list[InputFile]:
 
 
 def model_digest(checkpoint: str | os.PathLike | None) -> tuple[str, dict[str, Any]]:
-    """(digest of config + weights, model facts) read from the checkpoint's config.json only,
-    so the parent process need not load the model."""
-    from .checkpoint import WEIGHTS_FILE, _sha256, default_checkpoint_dir, read_checkpoint_meta
-    from .config import TokenizerConfig
+    """(digest of config + weights, model facts) of a checkpoint that passed
+    :func:`~f3stream.checkpoint.verify_checkpoint` (which reads no tensor and builds no model),
+    so a broken checkpoint is one error here instead of a worker dying at start-up."""
+    from .checkpoint import WEIGHTS_FILE, _sha256, default_checkpoint_dir, verify_checkpoint
 
-    path = Path(checkpoint) if checkpoint is not None else default_checkpoint_dir()
-    meta = read_checkpoint_meta(path)
+    path, cfg, meta = verify_checkpoint(checkpoint if checkpoint is not None
+                                        else default_checkpoint_dir())
     weights = meta.get("weights_sha256") or _sha256(path / WEIGHTS_FILE)
-    cfg = TokenizerConfig.from_dict(meta.get("config", {}))
     digest = hashlib.sha256(json.dumps([meta.get("config"), weights],
                                        sort_keys=True).encode()).hexdigest()
     ae = cfg.autoencoder

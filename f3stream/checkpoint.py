@@ -2,7 +2,11 @@
 
 Pickle files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are refused: loading them can run
 arbitrary code. ``config.json`` records the SHA-256 of the weights, so a truncated or mixed-up
-file is reported as corrupt instead of loading wrong numbers; both files are written atomically.
+file is reported as corrupt instead of loading wrong numbers; the weights file's own metadata
+records the SHA-256 of the model config, so a config edited after saving is refused too (old
+checkpoints without it still load). Before any tensor is read or any model allocated, the
+config's sizes are bounded (:mod:`f3stream.config`) and the parameter shapes it implies are
+compared with the tensor shapes in the weights file's header. Both files are written atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+CONFIG_DIGEST_KEY = "config_sha256"  # in the weights file's safetensors metadata
 
 
 def default_checkpoint_dir() -> Path:
@@ -38,6 +43,11 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def config_digest(cfg: TokenizerConfig) -> str:
+    """SHA-256 of the model config's canonical JSON."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def save_checkpoint(model: torch.nn.Module, cfg: TokenizerConfig, path: str | os.PathLike,
@@ -58,7 +68,8 @@ def save_checkpoint(model: torch.nn.Module, cfg: TokenizerConfig, path: str | os
                for k, v in model.state_dict().items()}
     weights = path / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        save_file(tensors, str(tmp),
+                  metadata={"format": FORMAT, CONFIG_DIGEST_KEY: config_digest(cfg)})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
             "weights_sha256": _sha256(weights), "info": info or {}}
     atomic_write_bytes(path / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
@@ -101,11 +112,12 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike
-                    ) -> tuple[TokenizerConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Returns (config, float32 state dict, info). Raises :class:`CheckpointError`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def verify_checkpoint(path: str | os.PathLike) -> tuple[Path, TokenizerConfig, dict[str, Any]]:
+    """(directory, config, config.json's content) of a checkpoint that passed every check that
+    needs no tensor data: config bounds, weights checksum, config digest, tensor dtypes and
+    shapes from the weights file's header. Cheap (no model is built), so a parent process can
+    run it before starting workers. Raises :class:`CheckpointError`."""
+    from safetensors import SafetensorError, safe_open
 
     path = _checkpoint_dir(path)
     meta = read_checkpoint_meta(path)
@@ -113,18 +125,54 @@ def load_checkpoint(path: str | os.PathLike
         cfg = TokenizerConfig.from_dict(meta.get("config", {}))
     except ConfigError as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: invalid config: {e}") from None
+    weights = path / WEIGHTS_FILE
     expected = meta.get("weights_sha256")
-    if expected and _sha256(path / WEIGHTS_FILE) != expected:
-        raise CheckpointError(f"{path / WEIGHTS_FILE} does not match the checksum in "
+    if expected and _sha256(weights) != expected:
+        raise CheckpointError(f"{weights} does not match the checksum in "
                               f"{CONFIG_FILE}: the checkpoint is corrupt or was half-replaced")
+    try:
+        with safe_open(str(weights), framework="np") as f:
+            header = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(v.get_shape()) for k, v in header.items()}
+            dtypes = {k: v.get_dtype() for k, v in header.items()}
+            saved_digest = (f.metadata() or {}).get(CONFIG_DIGEST_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {weights}: {e}") from None
+    if saved_digest is not None and saved_digest != config_digest(cfg):
+        raise CheckpointError(f"the model config in {path / CONFIG_FILE} is not the one "
+                              f"{WEIGHTS_FILE} was saved with: it was edited after saving, or "
+                              "the two files come from different checkpoints")
+    for k, dtype in dtypes.items():
+        if not dtype.startswith(("F", "BF")):
+            raise CheckpointError(f"weight {k} has non-float dtype {dtype}")
+    _check_shapes(_implied_shapes(cfg), shapes, str(path))
+    return path, cfg, meta
+
+
+def _implied_shapes(cfg: TokenizerConfig) -> dict[str, tuple[int, ...]]:
+    """The parameter and buffer shapes of ``F3Model(cfg)``, from a model on the meta device
+    (shapes only, no memory), so that no second description of the architecture exists."""
+    from .model import F3Model
+
+    with torch.device("meta"):
+        model = F3Model(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_checkpoint(path: str | os.PathLike
+                    ) -> tuple[TokenizerConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Returns (config, float32 state dict, info) after :func:`verify_checkpoint`. Raises
+    :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path, cfg, meta = verify_checkpoint(path)
     try:
         tensors = load_file(str(path / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path / WEIGHTS_FILE}: {e}") from None
     state = {}
     for k, v in tensors.items():
-        if not v.is_floating_point():
-            raise CheckpointError(f"weight {k} has non-float dtype {v.dtype}")
         v = v.float()
         if not torch.isfinite(v).all():
             raise CheckpointError(f"weight {k} contains NaN or Inf: corrupt checkpoint")
@@ -134,11 +182,18 @@ def load_checkpoint(path: str | os.PathLike
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Like ``load_state_dict(strict=True)`` but with one clear error listing every mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    _check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                  {k: tuple(v.shape) for k, v in state.items()}, where)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_shapes(own: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]],
+                  where: str) -> None:
+    """One :class:`CheckpointError` listing missing, unexpected and mis-shaped weights."""
+    missing = sorted(set(own) - set(got))
+    unexpected = sorted(set(got) - set(own))
+    shapes = [f"{k}: checkpoint {got[k]} vs config {own[k]}"
+              for k in sorted(set(own) & set(got)) if own[k] != got[k]]
     if missing or unexpected or shapes:
         parts = []
         for title, items in (("missing", missing), ("unexpected", unexpected),
@@ -147,7 +202,6 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], wh
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{title}: {', '.join(items[:5])}{more}")
         raise CheckpointError(f"{where}: weights do not match the config; " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
 
 
 def human_size(n_bytes: float) -> str:

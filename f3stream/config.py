@@ -8,6 +8,30 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Sane bounds of every size in a config. A config comes from a checkpoint's config.json, i.e.
+# from disk: without bounds an absurd value (model_dim 10**7) is only noticed after torch has
+# tried to allocate it (20 GB and a minute later). The upper bounds are ~30x the bundled model.
+AUTOENCODER_BOUNDS: dict[str, tuple[int, int]] = {
+    "sample_rate": (1000, 384_000), "frame_rate": (1, 1000), "latent_dim": (1, 4096),
+    "n_fft": (1, 16384), "stft_hop": (1, 16384), "conv_channels": (1, 8192),
+    "conv_kernel": (1, 1023), "conv_mlp_ratio": (1, 16), "encoder_conv_blocks": (0, 64),
+    "decoder_conv_blocks": (0, 64), "model_dim": (1, 8192), "n_heads": (1, 256),
+    "encoder_layers": (0, 64), "decoder_layers": (0, 64), "attention_window": (1, 65536),
+}
+REPRESENTATION_BOUNDS: dict[str, tuple[int, int]] = {
+    "model_dim": (1, 8192), "n_heads": (1, 256), "layers": (1, 64),
+    "attention_window": (1, 65536), "mlp_ratio": (1, 16), "output_dim": (1, 8192),
+    "mtp_heads": (1, 64), "rq_code_dim": (1, 1024), "rq_codebook_size": (1, 1 << 20),
+    "lm_dim": (1, 8192), "lm_downsample": (1, 64),
+}
+
+
+def _check_bounds(obj: Any, bounds: dict[str, tuple[int, int]], prefix: str = "") -> None:
+    for name, (lo, hi) in bounds.items():
+        value = getattr(obj, name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{prefix}{name} {value} is out of range [{lo}, {hi}]")
+
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
@@ -54,26 +78,19 @@ class AutoencoderConfig:
         return self.n_fft - self.stft_hop
 
     def validate(self) -> None:
-        if self.sample_rate <= 0 or self.frame_rate <= 0:
-            raise ConfigError("sample_rate and frame_rate must be positive")
+        _check_bounds(self, AUTOENCODER_BOUNDS)
         if self.sample_rate % self.frame_rate:
             raise ConfigError(f"frame_rate {self.frame_rate} must divide sample_rate "
                               f"{self.sample_rate}")
-        if self.stft_hop < 1 or self.n_fft < 1:
-            raise ConfigError("n_fft and stft_hop must be >= 1")
         if self.hop_length % self.stft_hop:
             raise ConfigError(f"stft_hop {self.stft_hop} must divide the frame hop "
                               f"{self.hop_length}")
         if self.n_fft % self.stft_hop or self.n_fft < self.stft_hop:
             raise ConfigError("n_fft must be a positive multiple of stft_hop")
-        for name in ("latent_dim", "conv_channels", "conv_kernel", "model_dim", "n_heads",
-                     "attention_window", "conv_mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
         if self.model_dim % self.n_heads:
             raise ConfigError("model_dim must be divisible by n_heads")
-        if self.noise_gamma < 0:
-            raise ConfigError("noise_gamma must be >= 0")
+        if not 0 <= self.noise_gamma <= 100:  # NaN fails too
+            raise ConfigError(f"noise_gamma {self.noise_gamma} is out of range [0, 100]")
 
 
 @dataclass(frozen=True)
@@ -97,10 +114,7 @@ class RepresentationConfig:
     lm_downsample: int = 2
 
     def validate(self) -> None:
-        for name in ("model_dim", "n_heads", "layers", "attention_window", "output_dim", "mtp_heads",
-                     "rq_code_dim", "rq_codebook_size", "lm_dim", "lm_downsample", "mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"representation {name} must be >= 1")
+        _check_bounds(self, REPRESENTATION_BOUNDS, "representation ")
         if self.model_dim % self.n_heads:
             raise ConfigError("representation model_dim must be divisible by n_heads")
 

@@ -1,16 +1,20 @@
 """`f3stream tokenize`: sharded bulk tokenization of a folder or manifest (f3stream.bulk)."""
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from safetensors.numpy import load_file, save_file
 
 from f3stream.audio import load_audio
 from f3stream.bulk import (BulkError, TokenizedCorpus, load_tokenized, read_shard_meta,
                            shard_name, tokenize_corpus)
 from f3stream.cli import main
+from f3stream.errors import CheckpointError
 
 GOOD = ["a.flac", "b.wav", "sub/c.wav", "sub/deeper/d.ogg", "sub/e_stereo.wav"]
 
@@ -175,6 +179,22 @@ def test_cli_prints_summary(corpus, ckpt, tmp_path, capsys):
                str(ckpt)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("f3stream: error: input not found") and err.count("\n") == 1
+
+
+def test_broken_checkpoint_is_one_error_before_any_worker_starts(ckpt, corpus, tmp_path):
+    """A config that does not fit its weights (here: edited, in a checkpoint too old to carry
+    the config's digest) is refused by the parent, not found by each worker at start-up."""
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    save_file(tensors, str(bad / "model.safetensors"))  # no config digest in its metadata
+    meta = json.loads((bad / "config.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256((bad / "model.safetensors").read_bytes()).hexdigest()
+    meta["config"]["autoencoder"]["model_dim"] = 128
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="weights do not match the config"):
+        _run(corpus, tmp_path / "out", bad, workers=2)
+    assert not (tmp_path / "out").exists()
 
 
 def test_ray_engine_matches_local(corpus, ckpt, tmp_path):

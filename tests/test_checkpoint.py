@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 
 import f3stream
 import f3stream.checkpoint
+import f3stream.tokenizer
 from f3stream import CheckpointError, Tokenizer, TokenizerConfig
 from f3stream.audio import write_audio
-from f3stream.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from f3stream.checkpoint import CONFIG_DIGEST_KEY, CONFIG_FILE, WEIGHTS_FILE
 from f3stream.fileio import atomic_path
 
 SR = 24000
@@ -256,17 +257,82 @@ def test_weights_with_integer_dtype(ckpt):
         f3stream.load(ckpt)
 
 
-def test_weights_that_do_not_match_the_config_shapes(ckpt):
+def without_config_digest(path):
+    """As a checkpoint saved before the weights recorded their config's digest (the bundled
+    one): only the shape check then stands between an edited config and the model."""
+    rewrite_weights(path, load_file(str(path / WEIGHTS_FILE)))
+    assert (safe_open_metadata(path) or {}).get(CONFIG_DIGEST_KEY) is None
+
+
+def safe_open_metadata(path):
+    with safetensors.safe_open(str(path / WEIGHTS_FILE), framework="np") as f:
+        return f.metadata()
+
+
+def test_weights_that_do_not_match_the_config_shapes(ckpt, monkeypatch):
     # only the config changes: the weights (and so their checksum) are still the saved ones
-    edit_meta(ckpt, lambda m: m["config"]["autoencoder"].update(model_dim=128))
+    without_config_digest(ckpt)
+    edit_meta(ckpt, lambda m: m["config"]["autoencoder"].update(model_dim=4096))
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was built before the shapes were checked")
+
+    monkeypatch.setattr(f3stream.tokenizer, "F3Model", no_model)
     with pytest.raises(CheckpointError) as exc:
         f3stream.load(ckpt)
     msg = str(exc.value)
     assert "weights do not match the config" in msg
     assert "shape mismatch" in msg
-    assert "decoder.input_proj.weight: checkpoint (64, 64) vs config (128, 64)" in msg
+    assert "decoder.input_proj.weight: checkpoint (64, 64) vs config (4096, 64)" in msg
     assert "more)" in msg  # the list is capped, with a count of the rest
     assert "missing" not in msg and "unexpected" not in msg
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("autoencoder", "model_dim", 10 ** 7),        # issue 13: 19.9 GB, then a torch traceback
+    ("autoencoder", "encoder_layers", 10 ** 6),
+    ("autoencoder", "n_fft", 2 ** 30),
+    ("autoencoder", "conv_channels", -4),
+    ("autoencoder", "decoder_conv_blocks", -1),
+    ("representation", "rq_codebook_size", 10 ** 9),
+    ("representation", "output_dim", 10 ** 8),
+])
+def test_absurd_dimensions_are_refused_before_anything_is_allocated(ckpt, section, key, value):
+    edit_meta(ckpt, lambda m: m["config"][section].update({key: value}))
+    with pytest.raises(CheckpointError, match=rf"invalid config: (representation )?{key} "
+                                              rf"{value} is out of range \[-?\d+, \d+\]"):
+        f3stream.load(ckpt)
+
+
+def test_absurd_config_is_one_line_and_exit_2_on_the_command_line(ckpt, wav, tmp_path, capsys):
+    edit_meta(ckpt, lambda m: m["config"]["autoencoder"].update(model_dim=10 ** 7))
+    from f3stream.cli import main
+
+    write_audio(tmp_path / "in.wav", wav, SR)
+    for argv in (["info", "--checkpoint", str(ckpt)],
+                 ["encode", str(tmp_path / "in.wav"), "--checkpoint", str(ckpt)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("f3stream: error: ") and err.count("\n") == 1
+        assert "model_dim 10000000 is out of range" in err
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c["autoencoder"].update(attention_window=7),     # same shapes, other model
+    lambda c: c["representation"].update(model_dim=128),      # other shapes
+])
+def test_config_edited_after_saving_is_refused(ckpt, edit):
+    assert safe_open_metadata(ckpt)[CONFIG_DIGEST_KEY]
+    edit_meta(ckpt, lambda m: edit(m["config"]))
+    with pytest.raises(CheckpointError, match=r"config in .*config\.json is not the one "
+                                              r"model\.safetensors was saved with"):
+        f3stream.load(ckpt)
+
+
+def test_config_digest_does_not_depend_on_key_order(ckpt, tiny_tokenizer):
+    edit_meta(ckpt, lambda m: m.update(config={k: dict(reversed(v.items()))
+                                               for k, v in reversed(m["config"].items())}))
+    assert f3stream.load(ckpt).config == tiny_tokenizer.config
 
 
 def test_weights_with_missing_and_unexpected_keys(ckpt):
