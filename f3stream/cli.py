@@ -3,6 +3,9 @@
 Every user error (bad audio, bad token file, bad checkpoint, unreadable or unwritable path) is
 reported as one line ``f3stream: error: <message>`` on stderr with exit status 2; Ctrl-C exits
 with 130. All outputs are written atomically (a failed or interrupted run leaves no half file).
+encode, decode and reconstruct read, compute and write block by block (``AudioFileReader``,
+``Tokenizer.tokenize_stream``/``decode_stream``, ``TokensWriter``/``AudioFileWriter``), so their
+memory does not grow with the file, and their outputs equal the whole-file computation.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +26,17 @@ import numpy as np
 import f3stream
 
 from .audio import load_audio, write_audio
+from .audiofile import AudioFileReader, AudioFileWriter
 from .checkpoint import WEIGHTS_FILE, default_checkpoint_dir, human_size
 from .errors import F3StreamError
 from .fileio import atomic_path
 from .session import EncodedFrames
 from .tokenizer import Tokenizer
-from .tokens_io import load_tokens, save_tokens
+from .tokens_io import TokensWriter, load_tokens, save_tokens
 
 EXIT_USAGE = 2        # user errors, like argparse's own usage errors
 EXIT_INTERRUPTED = 130
+QUALITY_SECONDS = 60  # reconstruct's quality figures compare at most this much of the file
 
 
 class CLIError(F3StreamError):
@@ -130,6 +136,26 @@ def _encode_wav(tok: Tokenizer, wav: np.ndarray, representations: bool) -> Encod
     return tok.tokenize(wav, representations=representations, progress=True)
 
 
+class _Head:
+    """Counts the samples of the blocks passing through :meth:`through` and keeps the first
+    ``keep`` of them: what a command reports about a stream it never holds whole."""
+
+    def __init__(self, keep: int = 0):
+        self.keep, self.n = keep, 0
+        self._parts: list[np.ndarray] = []
+
+    def through(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            if self.n < self.keep:
+                self._parts.append(block[:self.keep - self.n].copy())
+            self.n += block.size
+            yield block
+
+    @property
+    def head(self) -> np.ndarray:
+        return np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
+
+
 # -- subcommands -------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     sample = assets_dir() / "sample.wav"
@@ -194,19 +220,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
     inp = Path(args.input)
     out = Path(args.out) if args.out else inp.with_suffix(".npz")
     _check_out(out, inp)
-    tok = _load_tokenizer(args)
-    t0 = time.perf_counter()
-    # Tokenizer.encode_file always computes representations and does not report the file's
-    # rate; load_audio + tokenize is the same pipeline (mix down, resample) with both.
-    wav, file_sr = load_audio(inp, tok.sample_rate)
-    frames = _encode_wav(tok, wav, representations=not args.no_representations)
-    elapsed = time.perf_counter() - t0
-    save_tokens(out, frames, tok.sample_rate, tok.frame_rate)
-    resampled = f", resampled from {file_sr} Hz" if file_sr != tok.sample_rate else ""
-    print(f"encoded {inp} ({_secs(wav.size, tok.sample_rate)} at {tok.sample_rate} Hz mono"
-          f"{resampled}) in {elapsed:.2f} s")
-    print(f"  {frames.n_frames} frames at {tok.frame_rate} Hz: latents {_shape(frames.latents)}"
-          f", representations {_shape(frames.representations)}")
+    reps = not args.no_representations
+    with AudioFileReader(inp) as audio:  # a bad file fails before the model loads
+        tok = _load_tokenizer(args)
+        sr = tok.sample_rate
+        t0 = time.perf_counter()
+        wav = _Head()
+        with TokensWriter(out, sr, tok.frame_rate, tok.latent_dim,
+                          tok.representation_dim if reps else None) as writer:
+            for frames in tok.tokenize_stream(wav.through(audio.blocks(sr)), reps, progress=True,
+                                              total_samples=audio.n_samples(sr)):
+                writer.write(frames)
+            elapsed = time.perf_counter() - t0
+    resampled = f", resampled from {audio.sample_rate} Hz" if audio.sample_rate != sr else ""
+    print(f"encoded {inp} ({_secs(wav.n, sr)} at {sr} Hz mono{resampled}) in {elapsed:.2f} s")
+    print(f"  {writer.n_frames} frames at {tok.frame_rate} Hz: latents "
+          f"[{writer.n_frames}, {tok.latent_dim}], representations "
+          f"{f'[{writer.n_frames}, {tok.representation_dim}]' if reps else 'none'}")
     print(f"  wrote {out}")
     return 0
 
@@ -216,7 +246,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else inp.with_suffix(".wav")
     _check_audio_out(out)
     _check_out(out, inp)
-    tokens = load_tokens(inp)
+    tokens = load_tokens(inp, representations=False)
+    if tokens.n_frames == 0:
+        raise CLIError(f"{inp} holds 0 frames: nothing to decode")
     tok = _load_tokenizer(args)
     for name, have, want in (("sample rate", tokens.sample_rate, tok.sample_rate),
                              ("frame rate", tokens.frame_rate, tok.frame_rate)):
@@ -228,11 +260,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
                        f"expects {tok.latent_dim}; decode with the checkpoint that encoded it "
                        "(--checkpoint)")
     t0 = time.perf_counter()
-    audio = tok.decode(tokens.latents, progress=True)
-    elapsed = time.perf_counter() - t0
-    write_audio(out, audio, tok.sample_rate)
+    with AudioFileWriter(out, tok.sample_rate) as writer:
+        for piece in tok.decode_stream([tokens.latents], progress=True,
+                                       total_frames=tokens.n_frames):
+            writer.write(piece)
+        elapsed = time.perf_counter() - t0
     print(f"decoded {tokens.n_frames} frames from {inp} in {elapsed:.2f} s")
-    print(f"  wrote {out} ({_secs(audio.size, tok.sample_rate)} at {tok.sample_rate} Hz)")
+    print(f"  wrote {out} ({_secs(writer.samples, tok.sample_rate)} at {tok.sample_rate} Hz)")
     return 0
 
 
@@ -241,19 +275,25 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else inp.with_name(inp.stem + ".reconstructed.wav")
     _check_audio_out(out)
     _check_out(out, inp)
-    tok = _load_tokenizer(args)
-    wav, file_sr = load_audio(inp, tok.sample_rate)
-    t0 = time.perf_counter()
-    frames = _encode_wav(tok, wav, representations=False)
-    audio = tok.decode(frames.latents, progress=True)
-    elapsed = time.perf_counter() - t0
-    write_audio(out, audio, tok.sample_rate)
-    resampled = f", resampled from {file_sr} Hz" if file_sr != tok.sample_rate else ""
-    print(f"reconstructed {inp} ({_secs(wav.size, tok.sample_rate)}{resampled}) through "
-          f"{frames.n_frames} frames in {elapsed:.2f} s")
-    print(f"  {quality_line(wav, audio, tok.sample_rate)}")
+    with AudioFileReader(inp) as audio:
+        tok = _load_tokenizer(args)
+        sr = tok.sample_rate
+        # the quality figures compare the first QUALITY_SECONDS, so memory stays flat
+        wav, recon = _Head(QUALITY_SECONDS * sr), _Head(QUALITY_SECONDS * sr)
+        t0 = time.perf_counter()
+        with AudioFileWriter(out, sr) as writer:
+            frames = tok.tokenize_stream(wav.through(audio.blocks(sr)), representations=False,
+                                         progress=True, total_samples=audio.n_samples(sr))
+            for piece in recon.through(tok.decode_stream(f.latents for f in frames)):
+                writer.write(piece)
+            elapsed = time.perf_counter() - t0
+    resampled = f", resampled from {audio.sample_rate} Hz" if audio.sample_rate != sr else ""
+    part = f" (first {QUALITY_SECONDS} s)" if wav.n > wav.keep else ""
+    print(f"reconstructed {inp} ({_secs(wav.n, sr)}{resampled}) through "
+          f"{tok.n_frames(wav.n)} frames in {elapsed:.2f} s")
+    print(f"  {quality_line(wav.head, recon.head, sr)}{part}")
     print(f"  checkpoint {_trained_status(tok.info)[1]}")
-    print(f"  wrote {out} ({_secs(audio.size, tok.sample_rate)} at {tok.sample_rate} Hz)")
+    print(f"  wrote {out} ({_secs(writer.samples, sr)} at {sr} Hz)")
     return 0
 
 

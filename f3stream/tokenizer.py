@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from .audio import as_mono_float32, check_sample_rate, load_audio, to_numpy
+from .audio import as_mono_float32, check_sample_rate, to_numpy
+from .audiofile import AudioFileReader
 from .backends import Engine, create_engine, cuda_capable
 from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_strict, save_checkpoint
 from .config import TokenizerConfig
@@ -130,37 +131,89 @@ class Tokenizer:
         """One pass that returns latents and (optionally) representations."""
         check_sample_rate(sample_rate, self.sample_rate)
         wav = as_mono_float32(audio)
-        pad = (-wav.size) % self.hop_length
-        if pad:
-            wav = np.concatenate([wav, np.zeros(pad, np.float32)])
-        state = self.engine.init_encode_state(1, representations)
-        lat, rep = self._encode_array(wav, state, 0, progress)
-        return EncodedFrames(0, lat, rep)
+        return self._join(self.tokenize_stream([wav], representations, progress, wav.size),
+                          representations)
+
+    def tokenize_stream(self, blocks: Iterable, representations: bool = True,
+                        progress: bool = False, total_samples: int | None = None
+                        ) -> Iterator[EncodedFrames]:
+        """Mono audio (at the model's rate) arriving in blocks of any length -> its frames,
+        ``BLOCK_FRAMES`` at a time; the last partial frame is zero-padded.
+
+        Why: a long file is encoded with memory bounded by one block. The blocks are regrouped
+        so that the session makes exactly the model calls :meth:`tokenize` of the joined
+        audio makes, hence the very same numbers, however the input was cut.
+        """
+        session = self.session(representations)
+        unit = BLOCK_FRAMES * self.hop_length
+        bar = _progress_bar(-(-total_samples // unit) if total_samples else None, progress,
+                            "encode")
+        buf = np.zeros(0, np.float32)
+        with bar:
+            for block in blocks:
+                x = as_mono_float32(block, name="audio block", allow_empty=True)
+                buf = np.concatenate([buf, x]) if buf.size else x
+                n_units = buf.size // unit
+                for i in range(n_units):
+                    yield session.push(buf[i * unit:(i + 1) * unit])
+                    bar.update(1)
+                buf = buf[n_units * unit:]
+            if buf.size:  # the last partial block, padded to whole frames as tokenize pads
+                pad = (-buf.size) % self.hop_length
+                yield session.push(np.concatenate([buf, np.zeros(pad, np.float32)]))
+                bar.update(1)
+        session.flush()  # nothing is pending: it only closes the stream
 
     def represent(self, latents, progress: bool = False) -> np.ndarray:
         """Latents ``[T, latent_dim]`` -> representations ``[T, representation_dim]``."""
         z = self._check_latents(latents)
         state = self.engine.init_represent_state(1)
         out = []
-        for a in _blocks(z.shape[0], progress, "represent"):
-            r, state = self.engine.represent_step(z[None, a:a + BLOCK_FRAMES], state)
-            out.append(r[0])
+        with _progress_bar(-(-z.shape[0] // BLOCK_FRAMES), progress, "represent") as bar:
+            for a in range(0, z.shape[0], BLOCK_FRAMES):
+                r, state = self.engine.represent_step(z[None, a:a + BLOCK_FRAMES], state)
+                out.append(r[0])
+                bar.update(1)
         return np.concatenate(out)
 
     def decode(self, latents, progress: bool = False) -> np.ndarray:
         """Latents ``[T, latent_dim]`` -> waveform ``[T * hop_length]``, aligned with the audio
         they were encoded from. The same as a :class:`DecoderSession` fed frame by frame."""
         z = self._check_latents(latents)
+        return np.concatenate(list(self.decode_stream([z], progress, z.shape[0])))
+
+    def decode_stream(self, latents: Iterable, progress: bool = False,
+                      total_frames: int | None = None) -> Iterator[np.ndarray]:
+        """Latents arriving in blocks of any number of frames -> the waveform, in pieces.
+
+        Why: a long file is decoded with memory bounded by one block. As in
+        :meth:`tokenize_stream`, blocks are regrouped into ``BLOCK_FRAMES`` frames, so the
+        pieces joined equal :meth:`decode` of the joined latents exactly.
+        """
         session = self.decoder_session()
-        parts = [session.push(z[a:a + BLOCK_FRAMES])
-                 for a in _blocks(z.shape[0], progress, "decode")]
-        parts.append(session.flush())
-        return np.concatenate(parts)
+        bar = _progress_bar(-(-total_frames // BLOCK_FRAMES) if total_frames else None, progress,
+                            "decode")
+        buf = np.zeros((0, self.latent_dim), np.float32)
+        with bar:
+            for block in latents:
+                z = self._check_latents(block, allow_empty=True)
+                buf = np.concatenate([buf, z]) if buf.shape[0] else z
+                n_units = buf.shape[0] // BLOCK_FRAMES
+                for i in range(n_units):
+                    yield session.push(buf[i * BLOCK_FRAMES:(i + 1) * BLOCK_FRAMES])
+                    bar.update(1)
+                buf = buf[n_units * BLOCK_FRAMES:]
+            if buf.shape[0]:
+                yield session.push(buf)
+                bar.update(1)
+        yield session.flush()
 
     def encode_file(self, path: str | os.PathLike, progress: bool = False) -> EncodedFrames:
-        """Reads an audio file (mixing down and resampling as needed) and tokenizes it."""
-        wav, _ = load_audio(path, self.sample_rate)
-        return self.tokenize(wav, progress=progress)
+        """Reads an audio file (mixing down and resampling as needed) and tokenizes it, block
+        by block (:class:`~f3stream.audiofile.AudioFileReader`)."""
+        with AudioFileReader(path) as f:
+            return self._join(self.tokenize_stream(f.blocks(self.sample_rate), True, progress,
+                                                   f.n_samples(self.sample_rate)), True)
 
     # -- streaming API ----------------------------------------------------------------------
     def session(self, representations: bool = True) -> EncoderSession:
@@ -192,14 +245,24 @@ class Tokenizer:
         return step_encoder_sessions(sessions, chunks)
 
     # -- internals shared by the offline and streaming paths -------------------------------
-    def _encode_array(self, wav: np.ndarray, state: State, row: int = 0, progress: bool = False
+    def _join(self, parts: Iterable[EncodedFrames], representations: bool) -> EncodedFrames:
+        """The frames of a whole stream, from its consecutive pieces."""
+        parts = list(parts)
+        lat = [p.latents for p in parts] or [np.zeros((0, self.latent_dim), np.float32)]
+        rep = None
+        if representations:
+            rep = np.concatenate([p.representations for p in parts] or
+                                 [np.zeros((0, self.representation_dim), np.float32)])
+        return EncodedFrames(0, np.concatenate(lat), rep)
+
+    def _encode_array(self, wav: np.ndarray, state: State, row: int = 0
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Whole frames of samples -> (latents, representations or None), advancing the stream
         at row ``row`` of the batched ``state`` in place."""
         n = wav.size // self.hop_length
         lat, rep = [], []
         rows = np.array([row], dtype=np.int64)
-        for a in _blocks(n, progress, "encode"):
+        for a in range(0, n, BLOCK_FRAMES):
             chunk = wav[a * self.hop_length:(a + BLOCK_FRAMES) * self.hop_length]
             z, r = self.engine.encode_rows(chunk[None], state, rows)
             lat.append(z[0])
@@ -234,9 +297,9 @@ class Tokenizer:
         return z
 
 
-def _blocks(n_frames: int, progress: bool, what: str):
-    starts = range(0, n_frames, BLOCK_FRAMES)
-    if progress and n_frames > BLOCK_FRAMES:
-        from tqdm import tqdm
-        return tqdm(starts, desc=what, unit="block", total=len(starts))
-    return starts
+def _progress_bar(total: int | None, enabled: bool, what: str):
+    """A tqdm bar over blocks, shown only for work of more than one block."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="block",
+                disable=not enabled or (total is not None and total <= 1))
