@@ -5,12 +5,18 @@ streaming resampler (``soxr.ResampleStream``): its blocks, joined, are exactly w
 resampler gives over the whole file (libsoxr's output does not depend on how its input is
 cut). :class:`AudioFileWriter` writes 16-bit PCM blocks atomically; the file is byte for byte
 the one a single write of the joined blocks gives.
+
+A file whose header announces more audio than it holds (a partial copy or download, e.g. a wav
+cut at 1000 bytes) is an :class:`~f3stream.errors.AudioInputError`, not a silently shorter
+result: libsndfile clamps the length to what is there and only notes the disagreement in its
+parse log, which is where :func:`_header_overrun` finds it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +28,27 @@ from .errors import AudioInputError
 from .fileio import atomic_path
 
 READ_BLOCK_FRAMES = 1 << 17   # file frames per read (2.7 s at 48 kHz; 5.5 MiB at 192 kHz x 8 ch)
+UNKNOWN_SIZE = 0xFFFFFFFF     # what streaming writers put in a RIFF size field they cannot seek to
+# libsndfile's parse log: "data : 96000 (should be 956)" (wav, aiff's SSND, au's Data Size, ...)
+_SHOULD_BE = re.compile(r"^\s*(?P<what>[^:\n]*?)\s*:\s*(?P<said>\d+)\s*\(should be (?P<is>\d+)\)",
+                        re.MULTILINE)
+# rf64: "*** Calculated frame count 143989 does not match value from 'ds64' chunk of 240000."
+_FRAME_COUNT = re.compile(r"Calculated frame count (?P<is>\d+) does not match value from "
+                          r"'ds64' chunk of (?P<said>\d+)")
+
+
+def _header_overrun(log: str) -> str | None:
+    """What a header announces beyond the end of the file, in words, or None. Of several
+    overrunning chunks the last is named: the innermost (wav: RIFF, then data)."""
+    m = _FRAME_COUNT.search(log)
+    if m and int(m["said"]) > int(m["is"]):
+        return f"its header announces {m['said']} frames but the file holds {m['is']}"
+    overruns = [m for m in _SHOULD_BE.finditer(log)
+                if int(m["said"]) > int(m["is"]) and int(m["said"]) != UNKNOWN_SIZE]
+    if not overruns:
+        return None
+    m = overruns[-1]
+    return f"its header announces {m['said']} bytes of '{m['what']}' but the file holds {m['is']}"
 
 
 class AudioFileReader:
@@ -51,6 +78,11 @@ class AudioFileReader:
             raise
 
     def _check_header(self) -> None:
+        overrun = _header_overrun(self._file.extra_info)
+        if overrun:
+            raise AudioInputError(f"{self.path} is truncated: {overrun}, so the end of the audio "
+                                  "is missing (a partial copy or download?). Copy it again; to "
+                                  "use what is there, rewrite it first (e.g. sox in.wav out.wav)")
         if self.frames == 0:
             raise AudioInputError(f"{self.path} is empty")
 
@@ -103,6 +135,9 @@ class AudioFileReader:
                 raise AudioInputError(f"{e} (in the block that starts at frame {done - n})"
                                       ) from None
             yield stream.resample_chunk(mono) if stream is not None else mono
+        if done < self.frames:
+            raise AudioInputError(f"{self.path} is truncated: it ended after {done} of the "
+                                  f"{self.frames} frames its header announces")
         if stream is not None:
             yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
 

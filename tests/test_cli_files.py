@@ -1,6 +1,8 @@
 """`f3stream encode / decode / reconstruct` on files (issue 13): block by block, so memory does
-not grow with the file, with outputs equal to the whole-file computation."""
+not grow with the file, with outputs equal to the whole-file computation; a truncated file is
+an error, not a silently shorter result."""
 
+import struct
 import tracemalloc
 
 import numpy as np
@@ -136,6 +138,67 @@ def test_memory_does_not_grow_with_the_file(command, ckpt, tmp_path, monkeypatch
                 "reconstruct": ["reconstruct", wav, "--out", out]}[command]
         peaks.append(_traced_peak(argv + ["--checkpoint", ckpt]))
     assert peaks[2] - peaks[1] < 1 << 20, [f"{p / 2**20:.1f} MiB" for p in peaks]
+
+
+# -- truncated files (item 7) --------------------------------------------------------------------
+FORMATS = [("WAV", "PCM_16", "wav"), ("WAV", "FLOAT", "wav"), ("WAVEX", "PCM_24", "wav"),
+           ("RF64", "PCM_16", "wav"), ("W64", "PCM_16", "w64"), ("AIFF", "PCM_16", "aiff"),
+           ("AU", "PCM_16", "au")]
+
+
+@pytest.mark.parametrize("fmt,subtype,suffix", FORMATS)
+@pytest.mark.parametrize("keep", [1000, 0.6])
+def test_truncated_file_is_an_error(tmp_path, fmt, subtype, suffix, keep):
+    full = stereo_file(tmp_path / f"full.{suffix}", 1.0, 24000, subtype=subtype, fmt=fmt)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(data[:keep if isinstance(keep, int) else int(len(data) * keep)])
+    with pytest.raises(AudioInputError, match=r"cut\.\w+ is truncated: its header announces "
+                                              r"\d+ (bytes|frames).* but the file holds \d+"):
+        AudioFileReader(cut)
+    with AudioFileReader(full) as f:  # the complete file is fine
+        assert f.frames == 24000
+
+
+def test_truncated_wav_on_the_command_line(ckpt, tmp_path, capsys):
+    """Issue 13: a 1000-byte cut of a valid wav encoded without a word."""
+    full = stereo_file(tmp_path / "full.wav", 1.0, 24000)
+    (tmp_path / "cut.wav").write_bytes(full.read_bytes()[:1000])
+    for command in ("encode", "reconstruct"):
+        out = tmp_path / f"out.{command}"
+        assert main([command, str(tmp_path / "cut.wav"), "--out", str(out) + ".wav",
+                     "--checkpoint", str(ckpt)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("f3stream: error: ") and err.count("\n") == 1
+        assert "cut.wav is truncated: its header announces 96000 bytes of 'data' but the file " \
+               "holds 956" in err
+        assert not list(tmp_path.glob("out.*"))
+
+
+def _wav_with_sizes(path, riff=None, data=None):
+    raw = bytearray(stereo_file(path, 0.5, 24000).read_bytes())
+    at = raw.index(b"data")
+    if riff is not None:
+        raw[4:8] = struct.pack("<I", riff)
+    if data is not None:
+        raw[at + 4:at + 8] = struct.pack("<I", data)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_complete_files_with_unusual_headers_are_read(tmp_path):
+    """Not truncated: the 'unknown length' sizes of streaming writers, and chunks after the
+    data (e.g. a LIST chunk, with the RIFF size covering it)."""
+    for path in (_wav_with_sizes(tmp_path / "a.wav", riff=0xFFFFFFFF, data=0xFFFFFFFF),
+                 _wav_with_sizes(tmp_path / "b.wav", data=0xFFFFFFFF)):
+        with AudioFileReader(path) as f:
+            assert sum(b.size for b in f.blocks(SR)) == 12000
+    listed = tmp_path / "c.wav"
+    raw = bytearray(stereo_file(listed, 0.5, 24000).read_bytes()) + b"LIST\x04\x00\x00\x00INFO"
+    raw[4:8] = struct.pack("<I", len(raw) - 8)
+    listed.write_bytes(bytes(raw))
+    with AudioFileReader(listed) as f:
+        assert sum(b.size for b in f.blocks(SR)) == 12000
 
 
 def test_empty_and_unreadable_files(tmp_path):
