@@ -19,7 +19,7 @@ Output folder layout::
     index.jsonl               one line per input file, in order: {"key", "path", "shard",
                               "row", "offset", "frames", "seconds", "sample_rate"} or
                               {"key", "path", "shard", "error"}; ``sample_rate`` is the
-                              file's own rate, ``seconds`` its duration
+                              file's own rate, ``seconds`` its duration (frames / rate)
     run.json                  the settings (model digest, rates, dims, shard size) + totals
 
 Concatenating a shard's files (rather than one tensor per file) keeps headers small and lets a
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .audio import load_audio
+from .audiofile import AudioFileReader
 from .errors import F3StreamError
 from .fileio import atomic_write_bytes
 
@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 
 FORMAT = "f3stream-bulk"
 FORMAT_VERSION = 1
+# How audio becomes model input; part of every shard's fingerprint, because a change here
+# changes the tokens (files were resampled with scipy's resample_poly before soxr).
+AUDIO_PIPELINE = "audiofile-blocks-soxr-hq"
 INDEX_FILE = "index.jsonl"
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -166,7 +169,8 @@ def plan_shards(files: Sequence[InputFile], out_dir: str | os.PathLike, shard_si
     for i, a in enumerate(range(0, len(files), shard_size)):
         chunk = tuple(files[a:a + shard_size])
         fp = hashlib.sha256(json.dumps(
-            [FORMAT_VERSION, digest, representations, [_file_stamp(f) for f in chunk]]
+            [FORMAT_VERSION, AUDIO_PIPELINE, digest, representations,
+             [_file_stamp(f) for f in chunk]]
         ).encode()).hexdigest()
         jobs.append(ShardJob(i, chunk, str(Path(out_dir) / shard_name(i)), fp, representations))
     return jobs
@@ -184,8 +188,9 @@ def process_shard(job: ShardJob, tok: Tokenizer, on_file: Callable[[], None] | N
     for row, f in enumerate(job.files):
         entry: dict[str, Any] = {"key": f.key, "path": f.path}
         try:
-            wav, file_sr = load_audio(f.path, tok.sample_rate)
-            frames = tok.tokenize(wav, representations=job.representations)
+            with AudioFileReader(f.path) as audio:  # its header: checked, rate and length
+                file_sr, seconds = audio.sample_rate, audio.frames / audio.sample_rate
+            frames = tok.encode_file(f.path, representations=job.representations)
         except FILE_ERRORS as e:
             entry["error"] = " ".join((str(e) or type(e).__name__).split())
         else:
@@ -193,7 +198,7 @@ def process_shard(job: ShardJob, tok: Tokenizer, on_file: Callable[[], None] | N
             if job.representations:
                 reps.append(frames.representations)
             entry.update(row=row, offset=offsets[-1], frames=frames.n_frames,
-                         seconds=round(wav.size / tok.sample_rate, 6), sample_rate=file_sr)
+                         seconds=round(seconds, 6), sample_rate=file_sr)
         offsets.append(offsets[-1] + entry.get("frames", 0))
         entries.append(entry)
         if on_file is not None:

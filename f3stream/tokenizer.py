@@ -208,12 +208,14 @@ class Tokenizer:
                 bar.update(1)
         yield session.flush()
 
-    def encode_file(self, path: str | os.PathLike, progress: bool = False) -> EncodedFrames:
+    def encode_file(self, path: str | os.PathLike, progress: bool = False,
+                    representations: bool = True) -> EncodedFrames:
         """Reads an audio file (mixing down and resampling as needed) and tokenizes it, block
         by block (:class:`~f3stream.audiofile.AudioFileReader`)."""
         with AudioFileReader(path) as f:
-            return self._join(self.tokenize_stream(f.blocks(self.sample_rate), True, progress,
-                                                   f.n_samples(self.sample_rate)), True)
+            return self._join(self.tokenize_stream(f.blocks(self.sample_rate), representations,
+                                                   progress, f.n_samples(self.sample_rate)),
+                              representations)
 
     # -- streaming API ----------------------------------------------------------------------
     def session(self, representations: bool = True) -> EncoderSession:

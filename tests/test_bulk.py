@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 from safetensors.numpy import load_file, save_file
 
-from f3stream.audio import load_audio
 from f3stream.bulk import (BulkError, TokenizedCorpus, load_tokenized, read_shard_meta,
                            shard_name, tokenize_corpus)
 from f3stream.cli import main
@@ -64,13 +63,13 @@ def test_folder_outputs_equal_tokenize(tiny_tokenizer, corpus, ckpt, tmp_path):
     corpus_out = TokenizedCorpus(tmp_path / "out")
     assert corpus_out.keys() == sorted(GOOD)
     for key in GOOD:
-        wav, file_sr = load_audio(corpus / key, tiny_tokenizer.sample_rate)
-        ref = tiny_tokenizer.tokenize(wav, representations=True)
+        ref = tiny_tokenizer.encode_file(corpus / key)
+        info = sf.info(str(corpus / key))
         got = corpus_out.load(key)
         entry = corpus_out.entry(key)
         assert entry["frames"] == ref.n_frames == got.n_frames
-        assert entry["sample_rate"] == file_sr
-        assert entry["seconds"] == pytest.approx(wav.size / tiny_tokenizer.sample_rate, abs=1e-6)
+        assert entry["sample_rate"] == info.samplerate
+        assert entry["seconds"] == pytest.approx(info.frames / info.samplerate, abs=1e-6)
         assert np.abs(got.latents - ref.latents).max() <= 1e-5
         assert np.abs(got.representations - ref.representations).max() <= 1e-5
         assert got.sample_rate == tiny_tokenizer.sample_rate
@@ -99,7 +98,7 @@ def test_manifest_input_without_representations(tiny_tokenizer, corpus, ckpt, tm
     assert "not found" in index[1]["error"]
     got = load_tokenized(tmp_path / "out", "sub/c.wav")
     assert got.representations is None
-    ref = tiny_tokenizer.encode(load_audio(corpus / "sub/c.wav", tiny_tokenizer.sample_rate)[0])
+    ref = tiny_tokenizer.encode_file(corpus / "sub/c.wav").latents
     assert np.abs(got.latents - ref).max() <= 1e-5
 
 
@@ -179,6 +178,18 @@ def test_cli_prints_summary(corpus, ckpt, tmp_path, capsys):
                str(ckpt)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("f3stream: error: input not found") and err.count("\n") == 1
+
+
+def test_truncated_file_is_an_error_entry(ckpt, tmp_path):
+    """Issue 13: a cut-short copy was tokenized without a word, its end silently missing."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    sf.write(root / "whole.wav", np.zeros(24000, np.float32), 24000)
+    (root / "cut.wav").write_bytes((root / "whole.wav").read_bytes()[:1000])
+    s = _run(root, tmp_path / "out", ckpt)
+    assert s.ok == 1
+    errors = {e["key"]: e["error"] for e in s.errors}
+    assert list(errors) == ["cut.wav"] and "is truncated" in errors["cut.wav"]
 
 
 def test_broken_checkpoint_is_one_error_before_any_worker_starts(ckpt, corpus, tmp_path):
