@@ -7,6 +7,10 @@ Sources (each optional):
   is one voice+variant, so held-out voices are never trained on.
 * ``klettres``: real recorded human voices from Debian's ``klettres-data`` (letters and
   syllables, one speaker per language folder). The transcript is the sound's name.
+* ``--real fillets,tuxpaint,asterisk,ktuberling,hedgewars``: real recorded voices from Debian
+  packages (see :mod:`training.data.real_speech`); ``--fetch-packages`` downloads and unpacks
+  them under ``--pkg-root`` (no need to install games). Their held-out voices are pinned; every
+  other voice of these sources is trained on.
 * ``--extra DIR``: any folder of wav/flac/ogg files (speaker = sub-folder name, text from a
   same-named ``.txt`` beside each file), or ``--extra-manifest FILE`` (JSONL, see manifest.py).
 
@@ -33,6 +37,7 @@ from tqdm import tqdm
 
 from f3stream.audio import load_audio, write_audio
 
+from . import real_speech
 from .manifest import Clip, read_manifest, split_by_speaker, write_manifest
 
 SAMPLE_RATE = 24000
@@ -165,10 +170,17 @@ def scan_folder(folder: Path) -> list[Clip]:
     return clips
 
 
+REAL_SOURCE_NAMES = {"fillets-ng", "tuxpaint", "asterisk", "ktuberling", "hedgewars"}
+
+
 def assign_splits(clips: list[Clip], val: float, test: float, seed: int) -> list[Clip]:
-    fixed = {**ESPEAK_HELD_OUT, **KLETTRES_HELD_OUT}
+    """Speaker-disjoint splits. Pinned voices first; other voices of the real-speech sources
+    are trained on (they are few and precious); the rest are split at random."""
+    fixed = {**ESPEAK_HELD_OUT, **KLETTRES_HELD_OUT, **real_speech.HELD_OUT}
+    real = {c.speaker for c in clips if c.source in REAL_SOURCE_NAMES}
     speakers = sorted({c.speaker for c in clips})
     fixed = {k: v for k, v in fixed.items() if k in speakers}
+    fixed.update({s: "train" for s in real if s not in fixed})
     table = split_by_speaker(speakers, val, test, seed, fixed)
     return [Clip(c.path, c.text, c.speaker, table[c.speaker], c.source) for c in clips]
 
@@ -182,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="number of espeak-ng sentences to synthesize (0: none)")
     p.add_argument("--klettres", action="store_true",
                    help="include the real recorded voices of Debian's klettres-data")
+    p.add_argument("--real", default="",
+                   help="comma-separated real-speech sources: " + ",".join(real_speech.INGESTERS))
+    p.add_argument("--pkg-root", type=Path, default=Path("/"),
+                   help="where the real-speech packages' files are (/ when installed)")
+    p.add_argument("--fetch-packages", action="store_true",
+                   help="apt-get download the --real packages and unpack them under --pkg-root")
     p.add_argument("--texts", type=Path, help="a text file, one sentence per line, instead of "
                                               "fortune-mod")
     p.add_argument("--extra", type=Path, action="append", default=[],
@@ -201,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         clips += build_espeak(out, args.espeak_clips, args.seed, texts, args.jobs)
     if args.klettres:
         clips += build_klettres(out)
+    real = [s for s in args.real.split(",") if s]
+    bad = set(real) - set(real_speech.INGESTERS)
+    if bad:
+        raise SystemExit(f"unknown --real sources {sorted(bad)}; known: "
+                         f"{sorted(real_speech.INGESTERS)}")
+    if args.fetch_packages and real:
+        if args.pkg_root == Path("/"):
+            raise SystemExit("--fetch-packages needs --pkg-root (a folder to unpack into)")
+        names = [n for s in real for n in real_speech.PACKAGES[s]]
+        real_speech.fetch_packages(names, args.pkg_root, args.pkg_root / "debs")
+    clips += real_speech.ingest(real, args.pkg_root)
     for folder in args.extra:
         if is_reserved(folder):
             raise SystemExit(f"{folder} holds the alsa-utils prompts reserved for evaluation")

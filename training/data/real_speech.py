@@ -1,0 +1,139 @@
+"""Ingesters for real recorded human speech shipped in Debian packages (no network at run time
+beyond the package mirror).
+
+Each ingester walks the files of one package under ``root`` (``/`` when the package is
+installed, or a folder the ``.deb`` was unpacked into with ``dpkg-deb -x``, see
+:func:`fetch_packages`) and returns :class:`Clip` records whose ``speaker`` is the voice the
+files allow us to tell apart (a game character, a prompt voice, a language's narrator). The
+``text`` is what the file name says, where it says anything.
+
+Held-out voices are pinned in :data:`HELD_OUT` so an evaluation voice is never trained on, no
+matter which other sources a corpus mixes in. The alsa-utils prompts are never read.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .manifest import Clip
+
+# Debian package -> the ingester that reads it.
+PACKAGES = {
+    "fillets": ("fillets-ng-data-cs", "fillets-ng-data-nl"),
+    "tuxpaint": ("tuxpaint-stamps-default",),
+    "asterisk": ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-es-wav",
+                 "asterisk-core-sounds-fr-wav", "asterisk-core-sounds-it-wav",
+                 "asterisk-core-sounds-ru-wav"),
+    "ktuberling": ("ktuberling-data",),
+    "hedgewars": ("hedgewars-data",),
+}
+
+# Whole voices kept out of training, per source (speaker name -> split). Chosen so every test
+# set has an unseen male and female adult voice of a language the training set also holds.
+HELD_OUT = {
+    "fillets-nl-v": "test",        # Dutch big fish (main character, ~800 clips)
+    "fillets-cs-hs": "val",        # a Czech minor character
+    "tuxpaint-es": "test",         # Spanish stamp narrator
+    "tuxpaint-da": "val",
+    "asterisk-ru": "test",         # Russian prompt voice (8 kHz)
+    "ktuberling-de": "test",
+    "ktuberling-uk": "val",
+    "hedgewars-Pirate": "test",
+    "hedgewars-Mobster": "val",
+}
+
+
+def fetch_packages(names: list[str], root: Path, cache: Path) -> None:
+    """``apt-get download`` each package into ``cache`` and unpack it under ``root``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in names if not list(cache.glob(f"{n}_*.deb"))]
+    if missing:
+        r = subprocess.run(["apt-get", "download", *missing], cwd=cache, capture_output=True,
+                           text=True)
+        if r.returncode:
+            raise SystemExit(f"apt-get download failed ({' '.join(missing)}): "
+                             f"{r.stderr.strip()[-500:]}\n(try `apt-get update` first)")
+    for n in names:
+        for deb in cache.glob(f"{n}_*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+
+
+def _words(stem: str) -> str:
+    return " ".join(w for w in re.split(r"[-_]+", stem) if w and not w.isdigit())
+
+
+def fillets(root: Path) -> list[Clip]:
+    """Fish Fillets NG dialogue (cs, nl): file ``<level>-<character>-<line>.ogg``; speaker =
+    language + character (``m`` small fish, ``v`` big fish, others minor characters)."""
+    base = root / "usr/share/games/fillets-ng/sound"
+    clips = []
+    for f in sorted(base.glob("*/*/*.ogg")):
+        lang = f.parent.name
+        if lang not in ("cs", "nl"):
+            continue
+        parts = f.stem.split("-")
+        who = parts[1] if len(parts) > 2 else "misc"
+        clips.append(Clip(str(f), "", f"fillets-{lang}-{who}", "train", "fillets-ng"))
+    return clips
+
+
+def tuxpaint(root: Path) -> list[Clip]:
+    """Tux Paint stamp descriptions: ``<name>_desc_<lang>.ogg``, one narrator per language.
+    Plain ``<name>_desc.ogg`` (English, ~1 min in all) is kept as its own speaker."""
+    base = root / "usr/share/tuxpaint/stamps"
+    clips = []
+    for f in sorted(base.rglob("*_desc*.ogg")):
+        m = re.fullmatch(r"(.+)_desc(?:_([a-z]{2,3}))?(?:\.ogg)?", f.stem)
+        if not m:
+            continue
+        lang = m.group(2) or "en"
+        clips.append(Clip(str(f), _words(m.group(1)), f"tuxpaint-{lang}", "train", "tuxpaint"))
+    return clips
+
+
+def asterisk(root: Path) -> list[Clip]:
+    """Asterisk telephone prompts (8 kHz): speaker = voice (the en and es Allison folders are
+    one person)."""
+    base = root / "usr/share/asterisk/sounds"
+    clips = []
+    for voice_dir in sorted(p for p in base.glob("*") if p.is_dir()):
+        lang, _, _, name = (voice_dir.name.split("_") + ["", "", "", ""])[:4]
+        speaker = "asterisk-allison" if name == "Allison" else f"asterisk-{lang}"
+        for f in sorted(voice_dir.rglob("*.wav")):
+            if "silence" in f.parts:
+                continue
+            clips.append(Clip(str(f), _words(f.stem), speaker, "train", "asterisk"))
+    return clips
+
+
+def ktuberling(root: Path) -> list[Clip]:
+    """KTuberling object names, one voice per locale folder."""
+    base = root / "usr/share/ktuberling/sounds"
+    return [Clip(str(f), _words(f.stem), f"ktuberling-{f.parent.name}", "train", "ktuberling")
+            for f in sorted(base.glob("*/*.ogg"))]
+
+
+def hedgewars(root: Path) -> list[Clip]:
+    """Hedgewars voice packs (cartoon voices): speaker = pack folder."""
+    base = root / "usr/share/games/hedgewars/Data/Sounds/voices"
+    return [Clip(str(f), _words(f.stem), f"hedgewars-{f.parent.name}", "train", "hedgewars")
+            for f in sorted(base.glob("*/*.ogg"))]
+
+
+INGESTERS = {"fillets": fillets, "tuxpaint": tuxpaint, "asterisk": asterisk,
+             "ktuberling": ktuberling, "hedgewars": hedgewars}
+
+
+def ingest(sources: list[str], root: Path) -> list[Clip]:
+    clips: list[Clip] = []
+    for name in sources:
+        found = INGESTERS[name](root)
+        if not found:
+            print(f"warning: no {name} files under {root} (fetch with --fetch-packages)",
+                  file=sys.stderr)
+        clips += found
+    return clips
