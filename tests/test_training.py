@@ -77,21 +77,55 @@ def test_stage0_trains_logs_and_exports(corpus, tmp_path):
     assert tok.config == cfg.model
 
 
-def test_resume_continues_exactly(corpus, tmp_path):
-    cfg = tiny_cfg(corpus)
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train_autoencoder(cfg, straight, resume=False)
-    train_autoencoder(cfg, killed, resume=False, max_steps=3)     # checkpoint at step 3
-    train_autoencoder(cfg, killed, resume=False, max_steps=5)     # killed at 5, no checkpoint
-    (killed / "autoencoder/checkpoints/latest").write_text("step-0000003")
-    train_autoencoder(cfg, killed, resume=True)
-    a = load_file(str(straight / "export/model.safetensors"))
-    b = load_file(str(killed / "export/model.safetensors"))
+def _scale_saved_weights(ckpt: Path, prefix: str, factor: float) -> None:
+    """Edits a saved training state in place: the weights under ``prefix`` times ``factor``."""
+    from safetensors.torch import save_file
+
+    path = ckpt / "state.safetensors"
+    tensors = load_file(str(path))
+    hit = [k for k in tensors if k.startswith(prefix) and tensors[k].is_floating_point()]
+    assert hit, f"no saved tensors under {prefix}"
+    for k in hit:
+        tensors[k] = tensors[k] * factor
+    save_file(tensors, str(path))
+
+
+def _run_killed_and_resumed(cfg, run: Path, train, tamper: str | None) -> None:
+    """Trains to 3 (checkpoint), goes on to 5 without one (killed), resumes from 3."""
+    train(cfg, run, resume=False, max_steps=3)
+    train(cfg, run, resume=False, max_steps=5)
+    stage_dir = run / ("autoencoder" if train is train_autoencoder else "representation")
+    (stage_dir / "checkpoints/latest").write_text("step-0000003")
+    if tamper:
+        _scale_saved_weights(stage_dir / "checkpoints/step-0000003", tamper, 1.5)
+    train(cfg, run, resume=True)
+
+
+def _assert_same_export(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(str(a_dir / "export/model.safetensors"))
+    b = load_file(str(b_dir / "export/model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_resume_continues_exactly(corpus, tmp_path, capsys):
+    """A killed-and-resumed run ends where an uninterrupted one does, and it really resumed:
+    it starts at the checkpoint's step, and what it ends with depends on what the checkpoint
+    holds (training is deterministic, so a silent restart from scratch would match too)."""
+    cfg = tiny_cfg(corpus)
+    straight, killed, tampered = (tmp_path / n for n in ("straight", "killed", "tampered"))
+    train_autoencoder(cfg, straight, resume=False)
+    _run_killed_and_resumed(cfg, killed, train_autoencoder, tamper=None)
+    assert "at step 3" in capsys.readouterr().out
+    _assert_same_export(straight, killed)
     log = (killed / "autoencoder/log.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in log[1:]] == list(range(1, cfg.autoencoder.steps + 1))
+    _run_killed_and_resumed(cfg, tampered, train_autoencoder, tamper="module.model.decoder.")
+    a = load_file(str(straight / "export/model.safetensors"))
+    b = load_file(str(tampered / "export/model.safetensors"))
+    assert any(not torch.allclose(a[k], b[k], atol=1e-3) for k in a if k.startswith("decoder.")), \
+        "resume ignored the checkpoint's weights"
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +150,26 @@ def _stage1(cfg, stage0_run, tmp_path):
                and not torch.equal(before[k], after[k])]
     assert changed, "stage 1 did not train the representation encoder"
     return run
+
+
+def test_stage1_resume_continues_exactly(corpus, stage0_run, tmp_path, capsys):
+    from training.representation_stage import train_representation
+
+    cfg = tiny_cfg(corpus, use_lm=False)
+    runs = {}
+    for name in ("straight", "killed", "tampered"):
+        runs[name] = tmp_path / name
+        shutil.copytree(stage0_run, runs[name])
+    train_representation(cfg, runs["straight"], resume=False)
+    _run_killed_and_resumed(cfg, runs["killed"], train_representation, tamper=None)
+    assert "at step 3" in capsys.readouterr().out
+    _assert_same_export(runs["straight"], runs["killed"])
+    _run_killed_and_resumed(cfg, runs["tampered"], train_representation,
+                            tamper="module.representation.")
+    a = load_file(str(runs["straight"] / "export/model.safetensors"))
+    b = load_file(str(runs["tampered"] / "export/model.safetensors"))
+    assert any(not torch.allclose(a[k], b[k], atol=1e-3) for k in a
+               if k.startswith("representation.")), "resume ignored the checkpoint's weights"
 
 
 @pytest.mark.parametrize("switches", [dict(), dict(use_lm=False), dict(use_rq=False)],

@@ -37,8 +37,8 @@ from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
 from .losses import (LogMel, MultiResolutionDiscriminator, discriminator_loss,
-                     generator_adversarial_losses, multi_resolution_stft_loss)
-from .segments import Augmentation, SegmentSource
+                     generator_adversarial_losses, spectral_losses)
+from .segments import Augmentation, LevelAugmentation, PackedSegmentSource, SegmentSource
 
 
 @dataclass
@@ -61,6 +61,16 @@ class StageConfig:
     adversarial_weight: float = 0.0     # 0 disables the discriminator (fast CPU runs)
     feature_matching_weight: float = 2.0
     discriminator_start: int = 0
+    complex_weight: float = 0.0         # compressed complex-spectrum (phase-aware) loss
+    # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's
+    # ``noise_gamma`` over ``noise_ramp_steps`` (0: the model's gamma from the first step).
+    noise_gamma_start: float = 0.0
+    noise_ramp_steps: int = 0
+    autocast_bf16: bool = False         # model in bfloat16 autocast (CPU AMX), losses in float32
+    # Exponential moving average of the autoencoder's weights (0: off). The export then holds
+    # the averaged weights: good at any step of a long run cut into pieces, without waiting
+    # for a learning-rate decay.
+    ema_decay: float = 0.0
     # stage 1 switches (ablations)
     use_rq: bool = True
     use_lm: bool = True
@@ -72,6 +82,10 @@ class StageConfig:
 class TrainConfig:
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
     manifest: str = "data/corpus/manifest.jsonl"
+    # A packed corpus (training.data.pack) replaces the manifest for stage 0 when set.
+    packed: str = ""
+    source_weights: dict[str, float] = field(default_factory=dict)
+    level: LevelAugmentation = field(default_factory=LevelAugmentation)
     seed: int = 0
     gain_db: tuple[float, float] = (-12.0, 3.0)
     augment: Augmentation = field(default_factory=Augmentation)
@@ -82,7 +96,7 @@ class TrainConfig:
     def load(cls, path: str | Path) -> "TrainConfig":
         data = json.loads(Path(path).read_text())
         known = {"model", "manifest", "seed", "gain_db", "augment", "autoencoder",
-                 "representation"}
+                 "representation", "packed", "source_weights", "level"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
@@ -101,7 +115,15 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown augment keys {sorted(bad)}")
         augment = Augmentation(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in aug.items()})
+        lv = data.get("level", {})
+        bad = set(lv) - set(LevelAugmentation.__dataclass_fields__)
+        if bad:
+            raise ValueError(f"{path}: unknown level keys {sorted(bad)}")
+        level = LevelAugmentation(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in lv.items()})
         return cls(model=TokenizerConfig.from_dict(data.get("model", {})), augment=augment,
+                   packed=data.get("packed", ""), level=level,
+                   source_weights=dict(data.get("source_weights", {})),
                    manifest=data.get("manifest", cls.manifest), seed=data.get("seed", 0),
                    gain_db=tuple(data.get("gain_db", (-12.0, 3.0))), **stages)
 
@@ -161,6 +183,7 @@ class AutoencoderPart(nn.Module):
         self.delay = model.cfg.autoencoder.decoder_delay
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """Waveform in, reconstruction out (float32, aligned with the input)."""
         b = wav.shape[0]
         z = self.bottleneck(self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0])
         y, state = self.decoder.step(z, self.decoder.init_state(b, wav.device))
@@ -177,6 +200,49 @@ def load_sources(cfg: TrainConfig, stage: StageConfig, with_text: bool = False):
     val = read_manifest(cfg.manifest, split="val")
     return (SegmentSource([c.path for c in train], sr, seg, cfg.seed, cfg.gain_db, cfg.augment),
             SegmentSource([c.path for c in val], sr, seg, cfg.seed + 1), train, val)
+
+
+def load_stage0_sources(cfg: TrainConfig, stage: StageConfig):
+    """(train, val) segment sources for stage 0: the packed corpus when the config names one
+    (band limits per segment), else the manifest's files decoded into memory."""
+    if not cfg.packed:
+        train_src, val_src, _, _ = load_sources(cfg, stage)
+        return train_src, val_src
+    from .data.pack import PackedCorpus
+
+    sr = cfg.model.autoencoder.sample_rate
+    seg = int(stage.segment_seconds * sr)
+    seg -= seg % cfg.model.autoencoder.hop_length
+    corpus = PackedCorpus.open(cfg.packed)
+    if corpus.sample_rate != sr:
+        raise ValueError(f"{cfg.packed} is packed at {corpus.sample_rate} Hz, the model runs "
+                         f"at {sr} Hz")
+    return (PackedSegmentSource(corpus, "train", seg, cfg.seed, cfg.source_weights, cfg.level,
+                                cfg.augment),
+            PackedSegmentSource(corpus, "val", seg, cfg.seed + 1, cfg.source_weights,
+                                LevelAugmentation(level_dbfs=(-26.0, -26.0))))
+
+
+def noise_gamma_at(step: int, stage: StageConfig, final: float) -> float:
+    if stage.noise_ramp_steps <= 0:
+        return final
+    t = min(1.0, step / stage.noise_ramp_steps)
+    return stage.noise_gamma_start + t * (final - stage.noise_gamma_start)
+
+
+def _batch(src, step: int, batch_size: int, rank: int):
+    if isinstance(src, PackedSegmentSource):
+        return src.batch_with_band(step, batch_size, rank)
+    return src.batch(step, batch_size, rank), None
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """``ema = d * ema + (1 - d) * model``, with ``d`` warming up as ``(1 + s) / (10 + s)`` so
+    the average does not drag the random initialisation along."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - d)
 
 
 def export(model: F3Model, out: Path, info: dict[str, Any]) -> None:
@@ -202,14 +268,21 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         disc_net = nn.parallel.DistributedDataParallel(disc) if world > 1 else disc
         opt_d = torch.optim.AdamW(disc.parameters(), lr=stage.lr, betas=stage.betas)
         modules["discriminator"], optimizers["discriminator"] = disc, opt_d
+    ema = None
+    if stage.ema_decay > 0:
+        ema = F3Model(cfg.model).to(device)
+        ema.load_state_dict(model.state_dict())
+        ema.requires_grad_(False)
+        modules["ema"] = ema
     stage_dir = out / "autoencoder"
     start = 0
     if resume and (ck := latest_checkpoint(stage_dir)) is not None:
         start = load_training_state(ck, modules, optimizers)["step"]
         if rank == 0:
             print(f"resumed from {ck} at step {start}")
-    train_src, val_src, _, _ = load_sources(cfg, stage)
+    train_src, val_src = load_stage0_sources(cfg, stage)
     val_batches = [b.to(device) for b in val_src.fixed_batches(4, stage.batch_size)]
+    final_gamma = cfg.model.autoencoder.noise_gamma
     logmel = LogMel(cfg.model.autoencoder.sample_rate).to(device)
     log = CsvLog(stage_dir / "log.csv", rank == 0)
     log.truncate_after(start)
@@ -219,10 +292,10 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
               f"{train_src.seconds / 3600:.2f} h of training audio, device {device}, "
               f"world size {world}")
 
-    def recon_losses(y, x):
-        mr = multi_resolution_stft_loss(y, x)
-        mel = F.l1_loss(logmel(y), logmel(x))
-        return mr, mel
+    def recon_losses(y, x, band=None):
+        mr, cx, mags = spectral_losses(y, x, band, cfg.model.autoencoder.sample_rate,
+                                       with_complex=stage.complex_weight > 0)
+        return mr, logmel.loss(y, x, band, mags), cx
 
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="autoencoder",
@@ -233,11 +306,16 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         for opt in optimizers.values():
             for g in opt.param_groups:
                 g["lr"] = lr
-        x = train_src.batch(step, stage.batch_size, rank).to(device)
+        x, band = _batch(train_src, step, stage.batch_size, rank)
+        x = x.to(device)
+        band = band.to(device) if band is not None else None
+        ae.bottleneck.noise_gamma = noise_gamma_at(step, stage, final_gamma)
         ae.train()
-        y = net(x)
-        mr, mel = recon_losses(y, x)
-        loss = stage.mrstft_weight * mr + stage.mel_weight * mel
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16):
+            y = net(x)
+        y = y.float()
+        mr, mel, cx = recon_losses(y, x, band)
+        loss = stage.mrstft_weight * mr + stage.mel_weight * mel + stage.complex_weight * cx
         adv = fm = d_loss = torch.zeros((), device=device)
         if use_disc and step >= stage.discriminator_start:
             d_loss = discriminator_loss(disc_net(x), disc_net(y.detach()))
@@ -250,10 +328,12 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         loss.backward()
         grad = nn.utils.clip_grad_norm_(ae.parameters(), stage.grad_clip)
         opt_g.step()
+        if ema is not None:
+            update_ema(ema, model, stage.ema_decay, step)
         done = step + 1
         if done % stage.log_every == 0 or done == end:
             row = {"step": done, "loss": f"{loss.item():.5f}", "mrstft": f"{mr.item():.5f}",
-                   "mel": f"{mel.item():.5f}", "adv": f"{adv.item():.5f}",
+                   "mel": f"{mel.item():.5f}", "complex": f"{cx.item():.5f}", "adv": f"{adv.item():.5f}",
                    "fm": f"{fm.item():.5f}", "disc": f"{d_loss.item():.5f}",
                    "grad_norm": f"{grad.item():.4f}", "lr": f"{lr:.3e}",
                    "sec_per_step": f"{(time.time() - t0) / max(1, done - start):.3f}",
@@ -266,7 +346,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
             bar.set_postfix(mel=row["mel"], val_mel=row["val_mel"] or "-")
         if rank == 0 and (done % stage.checkpoint_every == 0 or done == end):
             save_training_state(stage_dir, done, modules, optimizers, {"stage": "autoencoder"})
-            export(model, out, {"trained": True, "stage0_steps": done, "stage1_steps": 0,
+            export(ema if ema is not None else model, out,
+                   {"trained": True, "stage0_steps": done, "stage1_steps": 0,
                                 "seed": cfg.seed})
     return model
 

@@ -1,0 +1,168 @@
+"""The packed training corpus, its segment sampler and the band-limited losses."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from f3stream.audio import write_audio
+from training.data import real_speech
+from training.data.build_corpus import assign_splits
+from training.data.manifest import Clip, write_manifest
+from training.data.pack import PackedCorpus, pack
+from training.losses import LogMel, spectral_losses
+from training.segments import LevelAugmentation, PackedSegmentSource
+
+SR = 24000
+
+
+def _tone(freq: float, seconds: float, sr: int) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture()
+def packed(tmp_path):
+    clips = []
+    for i, (sr, freq) in enumerate([(24000, 440.0), (8000, 300.0), (44100, 1000.0)]):
+        path = tmp_path / f"c{i}.wav"
+        write_audio(path, _tone(freq, 1.0 + i * 0.5, sr), sr)
+        clips.append(Clip(str(path), f"clip {i}", f"spk{i}", "train", f"src{i % 2}"))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    clips.append(Clip(str(empty), "", "spk9", "train", "src0"))
+    silent = tmp_path / "silent.wav"
+    write_audio(silent, np.zeros(SR, np.float32), SR)
+    clips.append(Clip(str(silent), "", "spk9", "train", "src0"))
+    write_manifest(tmp_path / "manifest.jsonl", clips)
+    counts = pack(tmp_path / "manifest.jsonl", tmp_path / "packed", SR, jobs=1)
+    return PackedCorpus.open(tmp_path / "packed"), counts
+
+
+def test_pack_decodes_once_and_counts_broken_files(packed):
+    corpus, counts = packed
+    assert counts["clips"] == 3 and counts["skipped"] == 2
+    assert counts["unreadable"] == 1 and counts["silent"] == 1
+    assert corpus.lengths.tolist() == [24000, 36000, 48000]       # resampled to 24 kHz
+    assert corpus.band_hz.tolist() == [12000.0, 4000.0, 12000.0]   # half the file's rate
+    assert corpus.audio.size == sum(corpus.lengths)
+    np.testing.assert_allclose(corpus.audio[:2400] / 32768.0, _tone(440.0, 0.1, SR), atol=2e-3)
+    assert "src0" in corpus.report() and "src1" in corpus.report()
+
+
+def test_segments_are_deterministic_weighted_and_leveled(packed):
+    corpus, _ = packed
+    level = LevelAugmentation(level_dbfs=(-30.0, -30.0))
+    src = PackedSegmentSource(corpus, "train", 9600, seed=3, level=level)
+    a, band_a = src.batch_with_band(7, 6)
+    b, band_b = src.batch_with_band(7, 6)
+    assert torch.equal(a, b) and torch.equal(band_a, band_b)
+    assert not torch.equal(a, src.batch(8, 6))
+    rms_db = 20 * torch.log10(a.pow(2).mean(dim=1).sqrt())
+    torch.testing.assert_close(rms_db, torch.full_like(rms_db, -30.0), atol=0.5, rtol=0)
+    only_src1 = PackedSegmentSource(corpus, "train", 9600, 3, {"src0": 0.0}, level)
+    _, band = only_src1.batch_with_band(0, 8)
+    assert band.tolist() == [4000.0] * 8                           # the 8 kHz clip only
+    with pytest.raises(ValueError, match="unknown sources"):
+        PackedSegmentSource(corpus, "train", 9600, 3, {"nope": 1.0})
+
+
+def test_speed_perturbation_moves_pitch_and_band(packed):
+    corpus, _ = packed
+    level = LevelAugmentation(level_dbfs=(-20.0, -20.0), speed_prob=1.0,
+                              speed_range=(1.25, 1.25))
+    src = PackedSegmentSource(corpus, "train", 9600, 0, {"src0": 0.0}, level)
+    x, band = src.batch_with_band(0, 1)
+    spec = np.abs(np.fft.rfft(x[0].numpy()))
+    peak_hz = np.argmax(spec) * SR / 9600
+    assert abs(peak_hz - 300.0 * 1.25) < 5                          # faster = higher
+    assert band.item() == pytest.approx(4000.0 / 1.25)
+
+
+def test_band_limited_losses_ignore_what_the_clip_cannot_hold():
+    """Above an item's band limit the reconstruction is free: the spectral losses do not
+    change when only those bins differ, and they do when bins inside the band differ."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9600, generator=g) * 0.1
+    high = torch.from_numpy(_tone(9000.0, 0.4, SR)).repeat(2, 1)
+    low = torch.from_numpy(_tone(1000.0, 0.4, SR)).repeat(2, 1)
+    band = torch.tensor([4000.0, 4000.0])
+    mel = LogMel(SR)
+    base_mr, base_cx, _ = spectral_losses(x, x, band)
+    mr_hi, cx_hi, _ = spectral_losses(x + high, x, band)
+    mr_lo, cx_lo, _ = spectral_losses(x + low, x, band)
+    # the tone's hard start and end leak a little below 4 kHz, far less than a tone inside
+    assert mr_hi.item() < 0.05 and cx_hi.item() < 1e-3
+    assert mr_lo.item() > 5 * mr_hi.item() and cx_lo.item() > 1e-2
+    assert mel.loss(x + high, x, band).item() * 5 < mel.loss(x + low, x, band).item()
+    full_mr, _, _ = spectral_losses(x + high, x, None)
+    assert full_mr.item() > 0.1                                     # without a band: counted
+    assert base_mr.item() == 0.0 and base_cx.item() == 0.0
+
+
+def test_real_speech_ingesters_and_pinned_held_out_voices(tmp_path):
+    root = tmp_path / "pkg"
+    fish = root / "usr/share/games/fillets-ng/sound/level1"
+    for lang in ("cs", "nl"):
+        (fish / lang).mkdir(parents=True)
+        for who in ("m", "v"):
+            (fish / lang / f"lev-{who}-line.ogg").write_bytes(b"x")
+    stamps = root / "usr/share/tuxpaint/stamps/animals"
+    stamps.mkdir(parents=True)
+    for lang in ("es", "fr"):
+        (stamps / f"big_cat_desc_{lang}.ogg").write_bytes(b"x")
+    clips = real_speech.ingest(["fillets", "tuxpaint"], root)
+    speakers = {c.speaker for c in clips}
+    assert speakers == {"fillets-cs-m", "fillets-cs-v", "fillets-nl-m", "fillets-nl-v",
+                        "tuxpaint-es", "tuxpaint-fr"}
+    assert {c.text for c in clips if c.source == "tuxpaint"} == {"big cat"}
+    split = {c.speaker: c.split for c in assign_splits(clips, 0.5, 0.5, seed=0)}
+    assert split["fillets-nl-v"] == "test" and split["tuxpaint-es"] == "test"
+    # voices of real sources that are not pinned are all trained on
+    assert all(split[s] == "train" for s in ("fillets-cs-m", "fillets-cs-v", "fillets-nl-m",
+                                             "tuxpaint-fr"))
+
+
+def test_training_config_reads_packed_options(tmp_path):
+    from training.train import TrainConfig
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"packed": "data/packed", "source_weights": {"a": 0.5},
+                                "level": {"level_dbfs": [-40, -20], "speed_prob": 0.2},
+                                "autoencoder": {"complex_weight": 1.0,
+                                                "noise_ramp_steps": 100}}))
+    cfg = TrainConfig.load(path)
+    assert cfg.packed == "data/packed" and cfg.source_weights == {"a": 0.5}
+    assert cfg.level.level_dbfs == (-40, -20) and cfg.level.speed_prob == 0.2
+    assert cfg.autoencoder.complex_weight == 1.0
+    path.write_text(json.dumps({"level": {"levels": [1, 2]}}))
+    with pytest.raises(ValueError, match="unknown level keys"):
+        TrainConfig.load(path)
+
+
+def test_noise_gamma_ramp():
+    from training.train import StageConfig, noise_gamma_at
+
+    stage = StageConfig(noise_gamma_start=0.0, noise_ramp_steps=100)
+    assert [noise_gamma_at(s, stage, 1.0) for s in (0, 50, 100, 500)] == [0.0, 0.5, 1.0, 1.0]
+    assert noise_gamma_at(0, StageConfig(), 0.7) == 0.7
+
+
+def test_manifest_of_real_sources_never_reads_alsa(tmp_path):
+    root = Path("/")
+    clips = real_speech.ingest([], root)
+    assert clips == []
+
+
+def test_ema_update_warms_up_then_averages():
+    from training.train import update_ema
+
+    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(ema.weight)
+    torch.nn.init.ones_(model.weight)
+    update_ema(ema, model, 0.99, step=0)         # d = 1/10: mostly the model already
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9))
+    update_ema(ema, model, 0.5, step=1000)       # d = 0.5 once warmed up
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.95))
