@@ -30,6 +30,16 @@ SI_SDR_CAP = 100.0         # dB: a perfect copy scores this, not +inf (JSON has 
 
 
 # -- SI-SDR ------------------------------------------------------------------------------------
+def level_change_db(reference: np.ndarray, estimate: np.ndarray) -> float | None:
+    """RMS level of ``estimate`` relative to ``reference`` in dB (0: loudness preserved);
+    None for a silent reference."""
+    ref = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
+    est = float(np.sqrt(np.mean(np.square(estimate, dtype=np.float64))))
+    if ref < 1e-6:
+        return None
+    return 20.0 * float(np.log10(max(est, 1e-12) / ref))
+
+
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant SDR (dB) over the common length, both signals made zero-mean.
 

@@ -18,12 +18,13 @@ from ..errors import AudioInputError
 from ..fileio import atomic_write_bytes
 from .clips import ALSA_SOURCE, EvalClip
 from .errors import EvalError
-from .metrics import corpus_wer, log_mel, log_mel_l1, pesq_wb, si_sdr, stoi, wer
+from .metrics import (corpus_wer, level_change_db, log_mel, log_mel_l1, pesq_wb, si_sdr, stoi,
+                      wer)
 from .probes import alternate_split, chance_accuracy, fit_probe
 from .tasks import CONTENT_TASKS, SPEAKER_TASK_DESCRIPTION, content_split
 
 FEATURE_SETS = ("representations", "latents", "log_mel")
-METRICS = ("pesq_wb", "stoi", "mel_l1", "si_sdr")
+METRICS = ("pesq_wb", "stoi", "mel_l1", "si_sdr", "level_db")
 REPORT_FILE = "report.json"
 ASR_NOTE = ("pocketsphinx is an English recognizer: WER against the reference text means "
             "something only for real recorded English speech (alsa-utils prompts, klettres "
@@ -66,6 +67,8 @@ def _summary(values: list[float | None]) -> dict[str, Any]:
     return {"mean": float(np.mean(got)) if got else None,
             "median": float(np.median(got)) if got else None,
             "std": float(np.std(got)) if got else None,
+            "p05": float(np.percentile(got, 5)) if got else None,
+            "p95": float(np.percentile(got, 95)) if got else None,
             "n": len(got), "skipped": len(values) - len(got)}
 
 
@@ -129,6 +132,7 @@ def _reconstruct(tok, opts: EvalOptions, feats: _Features, timing: dict
             "frames": int(frames.latents.shape[0]),
             "pesq_wb": pesq_wb(wav, rec, sr), "stoi": stoi(wav, rec, sr),
             "mel_l1": log_mel_l1(wav, rec, sr), "si_sdr": si_sdr(wav, rec),
+            "level_db": level_change_db(wav, rec),
         }
         t2 = time.perf_counter()
         if recognizer is not None and (opts.asr_sources is None
@@ -308,11 +312,13 @@ def format_summary(report: dict[str, Any]) -> str:
 
     lines = ["reconstruction (mean; skipped = too short to score):",
              f"  {'source':<16}{'clips':>6}{'PESQ-WB':>9}{'STOI':>7}{'mel L1':>8}{'SI-SDR':>8}"
-             f"{'skip':>6}"]
+             f"{'skip':>6}   level dB: median [5%, 95%]"]
     for src, r in report["reconstruction"].items():
         lines.append(f"  {src:<16}{r['clips']:>6}{f(r['pesq_wb']['mean']):>9}"
                      f"{f(r['stoi']['mean']):>7}{f(r['mel_l1']['mean']):>8}"
-                     f"{f(r['si_sdr']['mean'], 1):>8}{r['pesq_wb']['skipped']:>6}")
+                     f"{f(r['si_sdr']['mean'], 1):>8}{r['pesq_wb']['skipped']:>6}"
+                     f"   {f(r['level_db']['median'], 1)} [{f(r['level_db']['p05'], 1)}, "
+                     f"{f(r['level_db']['p95'], 1)}]")
     if "intelligibility" in report:
         lines.append("pocketsphinx WER (original -> reconstruction; recon vs original "
                      "transcript):")
