@@ -21,6 +21,8 @@ from .streaming import (CausalConvNeXtBlock, CausalFraming, OverlapAdd, State, S
 
 SPECTRAL_COMPRESSION = 0.3  # |X|^0.3 power-law compression of the STFT input
 SPECTRAL_FLOOR = 1e-8       # added to |X|^2 before the compression
+LEVEL_FLOOR = 1e-6          # added to the mean power before the log of the level feature
+LEVEL_SCALE = 0.1           # level feature = LEVEL_SCALE * ln(mean |X|^2 + LEVEL_FLOOR)
 
 
 class AudioEncoder(StreamingModule):
@@ -33,7 +35,7 @@ class AudioEncoder(StreamingModule):
         self.framing = CausalFraming(cfg.n_fft, cfg.stft_hop)
         self.register_buffer("basis", rdft_basis(cfg.n_fft, hann_window(cfg.n_fft)),
                              persistent=False)
-        self.input_proj = nn.Linear(2 * n_bins, cfg.conv_channels)
+        self.input_proj = nn.Linear(2 * n_bins + int(cfg.level_feature), cfg.conv_channels)
         self.convs = StreamingSequential(*[
             CausalConvNeXtBlock(cfg.conv_channels, cfg.conv_kernel, cfg.conv_mlp_ratio)
             for _ in range(cfg.encoder_conv_blocks)])
@@ -58,12 +60,17 @@ class AudioEncoder(StreamingModule):
         differences of ~1e-3 and latent differences of ~4e-4 between engines whose BLAS sums
         in another order. In float64 every engine gets the same features to float32
         rounding. (The numba engine computes the same DFT with half the products, see
-        ``f3stream.backends.numba_backend``.)"""
+        ``f3stream.backends.numba_backend``.) With ``cfg.level_feature`` one more column holds
+        the frame's log mean power (``LEVEL_SCALE * ln(mean |X|^2 + LEVEL_FLOOR)``)."""
         spec = frames.to(torch.float64) @ self.basis.to(torch.float64)   # [B, N, 2F]
         n_bins = spec.shape[-1] // 2
         power = spec[..., :n_bins].square() + spec[..., n_bins:].square()
         gain = (power + SPECTRAL_FLOOR).pow((SPECTRAL_COMPRESSION - 1.0) / 2.0)
-        return (spec * gain.repeat(1, 1, 2)).to(frames.dtype)
+        feats = spec * gain.repeat(1, 1, 2)
+        if self.cfg.level_feature:
+            level = LEVEL_SCALE * torch.log(power.mean(dim=-1, keepdim=True) + LEVEL_FLOOR)
+            feats = torch.cat([feats, level], dim=-1)
+        return feats.to(frames.dtype)
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         frames, s_framing = self.framing.step(x, substate(state, "framing"))

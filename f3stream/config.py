@@ -59,6 +59,11 @@ class AutoencoderConfig:
     encoder_layers: int = 2
     decoder_layers: int = 2
     attention_window: int = 32
+    # One extra encoder input per STFT frame: its log mean power. Every other layer of the
+    # encoder is nearly scale-invariant (LayerNorms after a linear input projection), so
+    # without it the input level reaches the latents only weakly and reconstructions come
+    # out at a compressed level (loud input much too quiet). False keeps older checkpoints.
+    level_feature: bool = False
     # Noise-regularised bottleneck (F3 Eq. 1-2). ``normalize=False, noise_gamma=0`` is a plain AE.
     normalize_latents: bool = True
     noise_gamma: float = 1.0

@@ -84,6 +84,25 @@ def test_offline_parity_with_torch(toks, backend):
 
 
 @pytest.mark.parametrize("backend", ["numba", "onnx"])
+def test_level_feature_parity_and_streaming(tiny_config, tmp_path, backend):
+    """An encoder with the level input gives the same latents on every engine, offline and
+    streamed, and its latents change with the input level (what the feature is for)."""
+    from dataclasses import replace
+    cfg = replace(tiny_config, autoencoder=replace(tiny_config.autoencoder, level_feature=True))
+    torch.manual_seed(7)
+    model = F3Model(cfg).eval()
+    ref_tok = Tokenizer(model, {}, "cpu", "torch")
+    tok = (Tokenizer(model, {}, "cpu", "numba") if backend == "numba" else
+           Tokenizer(model, {}, "cpu", "onnx", export_dir=tmp_path, threads=1))
+    wav = noise(2.1, 3)
+    ref = ref_tok.tokenize(wav)
+    assert maxdiff(tok.tokenize(wav).latents, ref.latents) <= TOL
+    lat, _ = stream(tok, wav, [1, 959, 2000, 7, 30000])
+    assert maxdiff(lat, ref.latents) <= TOL
+    assert maxdiff(ref_tok.tokenize(wav * 0.1).latents, ref.latents) > 1e-2
+
+
+@pytest.mark.parametrize("backend", ["numba", "onnx"])
 @pytest.mark.parametrize("sizes", [[960] * 40,                      # one frame per step
                                    [1, 959, 2000, 7, 30000, 5],     # ragged
                                    [9600, 19200, 123]])             # multi-frame chunks
@@ -298,25 +317,33 @@ def test_state_pool_rows_and_limits(toks, backend):
         f3stream.session.EncoderSession(tok, representations=False, pool=pool)
 
 
+@pytest.mark.parametrize("level_feature", [False, True])
 @pytest.mark.parametrize("n_fft,hop", [(480, 240), (240, 80), (75, 15)])
-def test_numba_features_equal_the_float64_reference(n_fft, hop):
+def test_numba_features_equal_the_float64_reference(n_fft, hop, level_feature):
     """The numba engine's folded DFT + |X|^0.3 compression equals the torch encoder's float64
     features to float32 rounding, for even and odd frame lengths, on loud frames and on
     near-silent ones (where float32 DFTs were 1e-3 apart after the compression)."""
-    from f3stream.autoencoder import SPECTRAL_FLOOR, AudioEncoder
+    from f3stream.autoencoder import LEVEL_FLOOR, LEVEL_SCALE, SPECTRAL_FLOOR, AudioEncoder
     from f3stream.backends import numba_backend as nb
     from f3stream.config import AutoencoderConfig
     enc = AudioEncoder(AutoencoderConfig(n_fft=n_fft, stft_hop=hop, sample_rate=24000,
-                                         frame_rate=25))
+                                         frame_rate=25, level_feature=level_feature))
     rng = np.random.default_rng(1)
     wav = rng.standard_normal((4, 960)).astype(np.float32) * np.float32([[0.5], [1e-3], [1e-5],
                                                                         [0.0]])
     wav[3] = 0.5 * np.sin(2 * np.pi * 200 * np.arange(960) / 24000)  # loud tone, quiet bins
     history = np.zeros((4, n_fft - hop), np.float32)
     got = nb._frame_features(wav, history, np.arange(4), *nb._symmetric_dft(enc.basis, n_fft),
-                             n_fft, hop, np.float32(-0.35), SPECTRAL_FLOOR)
+                             n_fft, hop, np.float32(-0.35), SPECTRAL_FLOOR,
+                             LEVEL_SCALE if level_feature else 0.0, LEVEL_FLOOR)
     frames, _ = enc.framing.step(torch.from_numpy(wav), enc.framing.init_state(4))
     want = enc.features(frames.double()).reshape(-1, got.shape[1]).numpy()
+    n_bins = n_fft // 2 + 1
+    assert got.shape[1] == 2 * n_bins + int(level_feature)
+    if level_feature:  # the level column: loud, quiet, near-silent and silent rows differ
+        level = want[:, -1].reshape(4, -1).mean(axis=1)
+        assert level[0] > level[1] > level[2] and level[2] > -1.5
+        assert np.abs(got[:, -1] - want[:, -1]).max() <= 1e-6
     scale = np.abs(want).max(axis=1, keepdims=True)
     assert np.abs(got - want).max() <= 1e-6 * max(1.0, float(scale.max()))
     assert (np.abs(got - want) <= 2e-6 * scale).all()  # relative to each frame's own level

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from ..autoencoder import SPECTRAL_COMPRESSION, SPECTRAL_FLOOR, AudioDecoder
+from ..autoencoder import (LEVEL_FLOOR, LEVEL_SCALE, SPECTRAL_COMPRESSION, SPECTRAL_FLOOR,
+                           AudioDecoder)
 from ..errors import F3StreamError
 from ..model import F3Model
 from .base import NumpyStateEngine, state_shapes
@@ -219,14 +220,16 @@ def _mlp(x, w1, b1, w2, b2, plan):
 
 
 @njit(cache=True, nogil=True)
-def _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_exp, floor):
+def _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_exp, floor,
+                    level_scale, level_floor):
     """Causal framing (``history[rows[b]]`` updated in place) + windowed DFT + |X|^c
     compression, in float64 as :meth:`AudioEncoder.features` (which says why).
 
     The window is symmetric (w[j] = w[n_fft - j]), so the DFT needs only the sums
     ``x[j] + x[n_fft - j]`` against cosines and the differences against sines: two products
     of half the size of the full ``[n_fft, 2F]`` basis, which keeps float64 as fast as the
-    float32 full product was. ``wav [B, N]`` -> ``[B * N/hop, 2F]`` float32 ``[real, imag]``."""
+    float32 full product was. ``wav [B, N]`` -> ``[B * N/hop, 2F]`` float32 ``[real, imag]``,
+    plus the log-mean-power column when ``level_scale`` is not 0 (``level_feature``)."""
     bsz, n = wav.shape
     keep = history.shape[1]
     nfr = n // hop
@@ -260,8 +263,14 @@ def _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_
     re = np.dot(even, cos_basis)
     im = np.dot(odd, sin_basis)
     nb = re.shape[1]
-    spec = np.empty((re.shape[0], 2 * nb), np.float32)
+    with_level = level_scale != 0.0
+    spec = np.empty((re.shape[0], 2 * nb + (1 if with_level else 0)), np.float32)
     for i in range(re.shape[0]):
+        if with_level:
+            total = 0.0
+            for k in range(nb):
+                total += re[i, k] * re[i, k] + im[i, k] * im[i, k]
+            spec[i, 2 * nb] = np.float32(level_scale * np.log(total / nb + level_floor))
         for k in range(nb):
             # the power needs float64 (it is where the cancellation was); its float32
             # rounding only moves the gain by ~1e-7 relative, and powf is twice as fast
@@ -455,13 +464,14 @@ def _transformer_stack(h, ks, vs, ps, weights, n, rows, plan):
 @njit(cache=True, nogil=True)
 def _encode_kernel(wav, rows, history, bufs, conv_w, n_conv, ks, vs, ps, tr_w, n_tr, cos_basis,
                    sin_basis, in_w, in_b, group_w, group_b, norm_g, norm_b, out_w, out_b, n_fft,
-                   hop, group, power_exp, floor, normalize, eps, plan):
+                   hop, group, power_exp, floor, level_scale, level_floor, normalize, eps,
+                   plan):
     """``wav [B, T*hop*group]`` -> latents ``[B*T, D]``; the streams' states at ``rows``
     advance in place."""
     bsz = wav.shape[0]
     t_len = wav.shape[1] // (hop * group)
     spec = _frame_features(wav, history, rows, cos_basis, sin_basis, n_fft, hop, power_exp,
-                           floor)
+                           floor, level_scale, level_floor)
     h = _linear(spec, in_w, in_b, plan)
     h = h.reshape(bsz, t_len * group, h.shape[1])
     h = _conv_stack(h, bufs, conv_w, n_conv, rows, plan)
@@ -582,6 +592,7 @@ class NumbaEngine(NumpyStateEngine):
         self.normalize = model.bottleneck.normalize
         self.bottleneck_eps = float(model.bottleneck.eps)
         self.power_exp = np.float32((SPECTRAL_COMPRESSION - 1.0) / 2.0)
+        self.level_scale = LEVEL_SCALE if ae.level_feature else 0.0
         self.max_log_mag = np.float32(AudioDecoder.MAX_LOG_MAGNITUDE)
         self.gemm_plan = gemm_plan()
         enc, dec, rep = model.encoder, model.decoder, model.representation
@@ -670,7 +681,8 @@ class NumbaEngine(NumpyStateEngine):
                            n_conv, ks, vs, ps, tr_w, n_tr, *w["enc_dft"], *w["enc_in"],
                            *w["enc_group"], *w["enc_norm"], *w["enc_out"], self.n_fft,
                            self.stft_hop, self.group, self.power_exp, SPECTRAL_FLOOR,
-                           self.normalize, self.bottleneck_eps, self.gemm_plan)
+                           self.level_scale, LEVEL_FLOOR, self.normalize,
+                           self.bottleneck_eps, self.gemm_plan)
         reps = None
         if with_reps:
             reps = self._represent(z, wav.shape[0], state, "representation.", rows)

@@ -30,7 +30,7 @@ from ..model import F3Model
 from .base import NumpyStateEngine, State, state_shapes
 
 FORMAT = "f3stream-onnx"
-FORMAT_VERSION = 2  # 2: float64 spectral features in the encoder graphs
+FORMAT_VERSION = 3  # 2: float64 spectral features in the encoder graphs; 3: level feature
 OPSET = 17
 GRAPHS = ("encode_step", "represent_step", "decode_step", "full")
 
