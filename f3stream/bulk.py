@@ -27,9 +27,11 @@ training loader read a whole shard in one go; :func:`load_tokenized` slices one 
 
 Every file is written atomically, and a shard records a fingerprint of its model, settings and
 input files (key, size, mtime). A re-run skips shards whose fingerprint matches, so an
-interrupted run (Ctrl-C, a killed machine) resumes where it stopped, and the index is always
-rebuilt from the shards themselves. A file that cannot be read or tokenized is recorded as an
-error in its shard and the job goes on.
+interrupted run (Ctrl-C, SIGTERM, ``kill -9``, a killed machine) resumes where it stopped, and
+the index is always rebuilt from the shards themselves. Worker processes die with the parent
+however it dies (they watch a pipe only the parent writes to); Ctrl-C and SIGTERM also index
+the complete shards before exiting (130, 143). A file that cannot be read or tokenized is
+recorded as an error in its shard and the job goes on.
 """
 
 from __future__ import annotations
@@ -74,6 +76,27 @@ FILE_ERRORS = (F3StreamError, OSError, RuntimeError, ValueError, EOFError)
 
 class BulkError(F3StreamError):
     """A bulk tokenization cannot start or finish, or its output cannot be read."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during ``f3stream tokenize``, raised in the main thread so that the run stops as
+    on Ctrl-C: workers ended, complete shards indexed, the rest resumable."""
+
+    exit_status = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    import signal
+
+    def raise_terminated(signum, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def shard_name(index: int) -> str:
@@ -254,19 +277,37 @@ class RunSummary:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(checkpoint, device, backend, queue) -> None:
+def _worker_init(checkpoint, device, backend, queue, parent) -> None:
     """Runs once per worker process: one model per process, one thread each (N processes on
-    N cores beat N threads fighting over them), Ctrl-C left to the parent."""
+    N cores beat N threads fighting over them), Ctrl-C left to the parent, and death with the
+    parent (``parent``: the read end of a pipe whose only writer is the parent)."""
     import signal
+    import threading
 
     import torch
 
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="f3stream-parent-watch").start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     from .tokenizer import Tokenizer
 
     _WORKER["tok"] = Tokenizer.load(checkpoint, device, backend)
     _WORKER["queue"] = queue
+
+
+def _exit_with_parent(parent) -> None:
+    """Blocks until the parent's end of the pipe closes, then ends this worker at once.
+
+    Why: workers are children of the forkserver, not of the parent, and hold the pool's queues
+    and the forkserver's liveness pipe themselves, so after a ``kill -9`` of the parent they
+    (and with them the forkserver and the resource tracker) lived on and kept writing shards.
+    The kernel closes the parent's pipe end however the parent dies; no shard is left half
+    written (writes are atomic; the next run removes the temp files and resumes)."""
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            parent.recv_bytes()
+    os._exit(1)
 
 
 def _worker_shard(job: ShardJob) -> list[dict[str, Any]]:
@@ -420,8 +461,9 @@ def _run_local(todo: list[ShardJob], checkpoint, device, backend, workers: int,
     if method == "forkserver":
         ctx.set_forkserver_preload(["f3stream.bulk", "torch"])
     ticks = ctx.Queue()
+    watch, alive = ctx.Pipe(duplex=False)  # we hold the only writer; workers watch the reader
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(checkpoint, device, backend, ticks))
+                               initargs=(checkpoint, device, backend, ticks, watch))
 
     def drain() -> None:
         with contextlib.suppress(queue_mod.Empty):
@@ -447,12 +489,16 @@ def _run_local(todo: list[ShardJob], checkpoint, device, backend, workers: int,
     finally:
         if clean:
             pool.shutdown(wait=True)
-        else:  # Ctrl-C or an error: stop now; atomic writes leave no half shard behind
+        else:  # Ctrl-C, SIGTERM or an error: stop now; atomic writes leave no half shard
             procs = list((getattr(pool, "_processes", None) or {}).values())  # no API < 3.14
             pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 p.terminate()
+            for p in procs:
+                p.join(5)
         ticks.close()
+        watch.close()
+        alive.close()
 
 
 def _run_ray(todo: list[ShardJob], checkpoint, device, backend, workers: int,
@@ -606,14 +652,16 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise BulkError(f"--workers must be at least 1, got {args.workers}")
     try:
-        s = tokenize_corpus(args.input, args.out, checkpoint=args.checkpoint,
-                            device=args.device, backend=args.backend or "torch",
-                            representations=not args.no_representations,
-                            shard_size=args.shard_size, workers=args.workers,
-                            engine=args.engine, overwrite=args.overwrite,
-                            progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("f3stream: interrupted; complete shards are kept and indexed: run the same "
+        with _sigterm_stops_the_run():
+            s = tokenize_corpus(args.input, args.out, checkpoint=args.checkpoint,
+                                device=args.device, backend=args.backend or "torch",
+                                representations=not args.no_representations,
+                                shard_size=args.shard_size, workers=args.workers,
+                                engine=args.engine, overwrite=args.overwrite,
+                                progress=not args.quiet)
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"f3stream: {why}; complete shards are kept and indexed: run the same "
               "command again to resume", file=sys.stderr)
         raise
     skipped = f", {s.shards_skipped} already complete" if s.shards_skipped else ""

@@ -467,8 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C; tokenize turns SIGTERM into one with exit 143
+        return getattr(e, "exit_status", EXIT_INTERRUPTED)
     except BrokenPipeError:  # e.g. `f3stream info | head -1`: stop quietly
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,5 +1,6 @@
 """`f3stream tokenize`: sharded bulk tokenization of a folder or manifest (f3stream.bulk)."""
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -217,3 +218,128 @@ def test_ray_engine_matches_local(corpus, ckpt, tmp_path):
     assert a.entries == b.entries
     for key in a.keys():
         assert np.abs(a.load(key).latents - b.load(key).latents).max() <= 1e-5
+
+
+# -- workers die with their parent (issue 13) -------------------------------------------------
+def _init_then_wait(checkpoint, queue, parent) -> None:
+    """A pool worker's life: the real initializer, then (instead of shards) a long wait."""
+    import time
+
+    from f3stream.bulk import _worker_init
+
+    _worker_init(checkpoint, "cpu", "torch", queue, parent)
+    queue.put("ready")
+    time.sleep(300)
+
+
+def test_worker_exits_as_soon_as_its_parent_is_gone(ckpt):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    watch, alive = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_init_then_wait, args=(str(ckpt), queue, watch))
+    p.start()
+    try:
+        watch.close()
+        assert queue.get(timeout=120) == "ready" and p.is_alive()
+        alive.close()  # what the kernel does to the parent's end when the parent dies
+        p.join(30)
+        assert p.exitcode == 1
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Living (not zombie) processes below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if state != "Z":
+                children.setdefault(int(ppid), []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_run_leaves_no_worker_and_resumes_to_identical_shards(ckpt, tmp_path, sig):
+    """Issue 13: after kill -9 or SIGTERM of `f3stream tokenize` its forkserver, workers and
+    resource tracker lived on and kept writing shards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        sf.write(root / f"f{i:02d}.wav", rng.uniform(-0.5, 0.5, 24000 * 4).astype(np.float32),
+                 24000)
+
+    def command(out):
+        return [sys.executable, "-m", "f3stream", "tokenize", str(root), "--out", str(out),
+                "--checkpoint", str(ckpt), "--workers", "2", "--shard-size", "1", "--quiet"]
+
+    subprocess.run(command(tmp_path / "ref"), check=True, capture_output=True)
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(command(out), stderr=subprocess.PIPE, start_new_session=True)
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("shard-*.safetensors")):  # mid-run: a shard is done
+            assert proc.poll() is None and time.monotonic() < deadline
+            family |= _descendants(proc.pid)
+            time.sleep(0.05)
+        family |= _descendants(proc.pid)
+        assert len(family) >= 3  # forkserver, two workers (and the resource tracker)
+        proc.send_signal(getattr(signal, sig))
+        rc = proc.wait(60)
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = sorted(p for p in family if _alive(p))
+        assert not survivors, f"still running after {sig}: {survivors}"
+    finally:
+        for p in family | {proc.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        proc.wait()
+    done = sorted(p.name for p in out.glob("shard-*.safetensors"))
+    assert 0 < len(done) < 40, "the run was not interrupted mid-way"
+    time.sleep(1)  # nothing may appear after the workers are gone
+    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == done
+    if sig == "SIGTERM":  # stopped like Ctrl-C: exit 143, complete shards indexed
+        assert rc == 143 and b"terminated (SIGTERM)" in proc.stderr.read()
+        assert {e["shard"] for e in _index(out)} == set(done)
+    else:
+        assert rc == -signal.SIGKILL
+
+    subprocess.run(command(out), check=True, capture_output=True)  # resume
+    ref = sorted(p.name for p in (tmp_path / "ref").glob("shard-*.safetensors"))
+    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == ref
+    for name in ref + ["index.jsonl"]:
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
