@@ -210,3 +210,25 @@ def test_empty_and_unreadable_files(tmp_path):
         AudioFileReader(tmp_path / "junk.wav")
     with pytest.raises(AudioInputError, match="not found"):
         AudioFileReader(tmp_path / "missing.wav")
+
+
+def test_peak_memory_benchmark_runs(ckpt, tmp_path):
+    """benchmarks/peak_memory.py end to end, small (the hour-long figures are in
+    docs/benchmarks.md): it makes its input, runs the command, reports a peak RSS."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "peak_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--seconds", "2", "--rate", "48000",
+                          "--workdir", str(tmp_path), "--checkpoint", str(ckpt),
+                          "--commands", "encode", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["input"] == {"seconds": 2.0, "rate": 48000, "channels": 2,
+                               "bytes": (tmp_path / "input-2s-48000hz-2ch.wav").stat().st_size}
+    run = result["runs"]["encode"]
+    assert run["rc"] == 0 and run["peak_rss_mib"] > 50
+    assert load_tokens(tmp_path / "tokens.npz").n_frames == 50
