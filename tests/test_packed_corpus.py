@@ -166,3 +166,38 @@ def test_ema_update_warms_up_then_averages():
     torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9))
     update_ema(ema, model, 0.5, step=1000)       # d = 0.5 once warmed up
     torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.95))
+
+
+def test_band_energy_loss_scores_level_not_harmonic_positions():
+    """A harmonic signal with its harmonics moved by half their spacing keeps its band
+    energies (small loss), a 10 dB quieter copy does not (loss = 2 ln(10^0.5))."""
+    from training.losses import band_energy_loss
+
+    t = torch.arange(48000) / SR
+    voice = sum(torch.sin(2 * torch.pi * 150 * k * t) / k for k in range(1, 30))
+    moved = sum(torch.sin(2 * torch.pi * (150 * k + 75) * t) / k for k in range(1, 30))
+    x = (0.05 * voice)[None]
+    _, _, m_same = spectral_losses(0.05 * moved[None], x)
+    _, _, m_quiet = spectral_losses(x * 10 ** (-0.5), x)
+    same = band_energy_loss(*m_same[(1024, 256)], None).item()
+    quiet = band_energy_loss(*m_quiet[(1024, 256)], None).item()
+    assert same < 0.25 * quiet
+    noise = 0.05 * torch.randn(1, 48000, generator=torch.Generator().manual_seed(0))
+    _, _, m_noise = spectral_losses(noise * 10 ** (-0.5), noise)   # broadband: every band
+    assert band_energy_loss(*m_noise[(1024, 256)], None).item() == pytest.approx(
+        2 * np.log(10 ** 0.5), rel=0.02)
+    # above the clip's band limit nothing is scored
+    _, _, m = spectral_losses(x * 0.1, x, torch.tensor([4000.0]))
+    masked = band_energy_loss(*m[(1024, 256)], torch.tensor([299.0])).item()
+    assert masked == 0.0
+
+
+def test_csv_log_gains_new_columns_on_resume(tmp_path):
+    from training.train import CsvLog
+
+    log = CsvLog(tmp_path / "log.csv", True)
+    log.write({"step": 1, "loss": "0.5"})
+    log.write({"step": 2, "loss": "0.4", "band": "0.1"})
+    log.write({"step": 3, "loss": "0.3", "band": "0.2"})
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines == ["step,loss,band", "1,0.5,", "2,0.4,0.1", "3,0.3,0.2"]

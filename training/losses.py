@@ -53,6 +53,36 @@ def stft_complex(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
 
 
 COMPLEX_RESOLUTIONS = ((1024, 256), (512, 128), (256, 64))
+BAND_RESOLUTION = (1024, 256)
+# Band edges (Hz) of the band-energy loss: every band is >= 300 Hz wide, so it holds at least
+# one harmonic of any voice whatever the pitch, and its energy does not depend on where the
+# harmonics fall inside it.
+BAND_EDGES_HZ = (0, 300, 600, 900, 1200, 1500, 1800, 2100, 2500, 3000, 3500, 4000, 4700, 5500,
+                 6500, 7500, 8700, 10000, 12000)
+BAND_POWER_FLOOR = 1e-4
+
+
+def band_energy_loss(my: torch.Tensor, mx: torch.Tensor, band_hz: torch.Tensor | None,
+                     sample_rate: int = 24000) -> torch.Tensor:
+    """L1 between log energies of wide bands, per STFT frame (``my``, ``mx``: ``[B, F, T]``
+    magnitudes).
+
+    Why: per-bin log losses (log-magnitude, log-mel) score every time-frequency bin alike, and
+    a decoder that cannot yet place each harmonic answers with the median: quiet bins come out
+    too loud and the loud ones, which carry the energy, 10-15 dB too quiet (measured on real
+    speech). Summing power over wide bands before the log scores energy where it is, so
+    level and dynamics are right even before the fine structure is."""
+    n_bins = my.shape[-2]
+    freqs = torch.linspace(0, sample_rate / 2, n_bins, device=my.device)
+    edges = torch.tensor(BAND_EDGES_HZ, dtype=my.dtype, device=my.device)
+    fb = ((freqs[None, :] >= edges[:-1, None]) & (freqs[None, :] < edges[1:, None])).to(my.dtype)
+    ey = torch.einsum("kf,bft->bkt", fb, my.square())
+    ex = torch.einsum("kf,bft->bkt", fb, mx.square())
+    err = ((ey + BAND_POWER_FLOOR).log() - (ex + BAND_POWER_FLOOR).log()).abs()
+    mask = None
+    if band_hz is not None:
+        mask = (edges[1:][None, :] <= band_hz[:, None] + 1e-3).to(my.dtype)[..., None]
+    return _masked_mean(err, mask)
 
 
 def spectral_losses(y: torch.Tensor, x: torch.Tensor, band_hz: torch.Tensor | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -36,8 +37,9 @@ from f3stream.fileio import atomic_write_bytes
 from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
-from .losses import (LogMel, MultiResolutionDiscriminator, discriminator_loss,
-                     generator_adversarial_losses, spectral_losses)
+from .losses import (BAND_RESOLUTION, LogMel, MultiResolutionDiscriminator,
+                     band_energy_loss, discriminator_loss, generator_adversarial_losses,
+                     spectral_losses)
 from .segments import Augmentation, LevelAugmentation, PackedSegmentSource, SegmentSource
 
 
@@ -62,6 +64,7 @@ class StageConfig:
     feature_matching_weight: float = 2.0
     discriminator_start: int = 0
     complex_weight: float = 0.0         # compressed complex-spectrum (phase-aware) loss
+    band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
     # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's
     # ``noise_gamma`` over ``noise_ramp_steps`` (0: the model's gamma from the first step).
     noise_gamma_start: float = 0.0
@@ -167,6 +170,20 @@ class CsvLog:
         if not self.enabled:
             return
         new = not self.path.exists()
+        if not new:
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f), [])
+            if set(row) - set(header):  # columns added (a newer trainer resumed the run)
+                with open(self.path, newline="") as f:
+                    old = list(csv.DictReader(f))
+                fields = header + [k for k in row if k not in header]
+                buf = io.StringIO()
+                w = csv.DictWriter(buf, fieldnames=fields, restval="")
+                w.writeheader()
+                w.writerows(old)
+                atomic_write_bytes(self.path, buf.getvalue().encode())
+                header = fields
+            row = {k: row.get(k, "") for k in header}
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
             if new:
@@ -295,7 +312,9 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     def recon_losses(y, x, band=None):
         mr, cx, mags = spectral_losses(y, x, band, cfg.model.autoencoder.sample_rate,
                                        with_complex=stage.complex_weight > 0)
-        return mr, logmel.loss(y, x, band, mags), cx
+        be = band_energy_loss(*mags[BAND_RESOLUTION], band,
+                              cfg.model.autoencoder.sample_rate)
+        return mr, logmel.loss(y, x, band, mags), cx, be
 
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="autoencoder",
@@ -314,8 +333,9 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16):
             y = net(x)
         y = y.float()
-        mr, mel, cx = recon_losses(y, x, band)
-        loss = stage.mrstft_weight * mr + stage.mel_weight * mel + stage.complex_weight * cx
+        mr, mel, cx, be = recon_losses(y, x, band)
+        loss = (stage.mrstft_weight * mr + stage.mel_weight * mel
+                + stage.complex_weight * cx + stage.band_weight * be)
         adv = fm = d_loss = torch.zeros((), device=device)
         if use_disc and step >= stage.discriminator_start:
             d_loss = discriminator_loss(disc_net(x), disc_net(y.detach()))
@@ -337,7 +357,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                    "fm": f"{fm.item():.5f}", "disc": f"{d_loss.item():.5f}",
                    "grad_norm": f"{grad.item():.4f}", "lr": f"{lr:.3e}",
                    "sec_per_step": f"{(time.time() - t0) / max(1, done - start):.3f}",
-                   "val_mel": ""}
+                   "val_mel": "", "band": f"{be.item():.5f}"}
             if done % stage.eval_every == 0 or done == stage.steps:
                 ae.eval()
                 with torch.no_grad():
