@@ -312,3 +312,16 @@ def test_the_eval_parser_imports_nothing_heavy_and_not_training():
             "bad = [m for m in ('pesq', 'pystoi', 'pocketsphinx', 'matplotlib', 'training') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_level_and_highs_metrics():
+    from f3stream.evaluation.metrics import band_level_change_db, level_change_db
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(24000).astype(np.float32) * 0.1
+    assert level_change_db(x, x * 0.5) == pytest.approx(-6.02, abs=0.01)
+    assert level_change_db(np.zeros(100), x[:100]) is None
+    low = np.fft.irfft(np.fft.rfft(x) * (np.fft.rfftfreq(x.size, 1 / 24000) < 6000), x.size)
+    assert band_level_change_db(x, x, 24000, 6000, 12000) == pytest.approx(0.0, abs=1e-6)
+    assert band_level_change_db(x, low, 24000, 6000, 12000) < -60      # highs cut
+    assert band_level_change_db(low, low, 24000, 6000, 12000) is None  # nothing there to keep

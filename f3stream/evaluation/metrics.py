@@ -40,6 +40,22 @@ def level_change_db(reference: np.ndarray, estimate: np.ndarray) -> float | None
     return 20.0 * float(np.log10(max(est, 1e-12) / ref))
 
 
+def band_level_change_db(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
+                         low_hz: float, high_hz: float) -> float | None:
+    """Energy of ``estimate`` between ``low_hz`` and ``high_hz`` relative to ``reference``'s, in
+    dB (e.g. 6-12 kHz: does a full-band input keep its highs?); None when the reference has
+    (almost) nothing there."""
+    n = min(reference.size, estimate.size)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    band = (freqs >= low_hz) & (freqs < high_hz)
+    ref = float(np.sum(np.abs(np.fft.rfft(reference[:n].astype(np.float64)))[band] ** 2))
+    est = float(np.sum(np.abs(np.fft.rfft(estimate[:n].astype(np.float64)))[band] ** 2))
+    total = float(np.sum(reference[:n].astype(np.float64) ** 2)) * n
+    if ref <= 1e-6 * total or ref == 0.0:
+        return None
+    return 10.0 * float(np.log10(max(est, 1e-30) / ref))
+
+
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant SDR (dB) over the common length, both signals made zero-mean.
 

@@ -18,13 +18,14 @@ from ..errors import AudioInputError
 from ..fileio import atomic_write_bytes
 from .clips import ALSA_SOURCE, EvalClip
 from .errors import EvalError
-from .metrics import (corpus_wer, level_change_db, log_mel, log_mel_l1, pesq_wb, si_sdr, stoi,
-                      wer)
+from .metrics import (band_level_change_db, corpus_wer, level_change_db, log_mel, log_mel_l1,
+                      pesq_wb, si_sdr, stoi, wer)
 from .probes import alternate_split, chance_accuracy, fit_probe
 from .tasks import CONTENT_TASKS, SPEAKER_TASK_DESCRIPTION, content_split
 
 FEATURE_SETS = ("representations", "latents", "log_mel")
-METRICS = ("pesq_wb", "stoi", "mel_l1", "si_sdr", "level_db")
+METRICS = ("pesq_wb", "stoi", "mel_l1", "si_sdr", "level_db", "highs_db")
+HIGHS_HZ = (6000.0, 12000.0)  # "highs": scored only on clips recorded at >= 32 kHz
 REPORT_FILE = "report.json"
 ASR_NOTE = ("pocketsphinx is an English recognizer: WER against the reference text means "
             "something only for real recorded English speech (alsa-utils prompts, klettres "
@@ -133,6 +134,8 @@ def _reconstruct(tok, opts: EvalOptions, feats: _Features, timing: dict
             "pesq_wb": pesq_wb(wav, rec, sr), "stoi": stoi(wav, rec, sr),
             "mel_l1": log_mel_l1(wav, rec, sr), "si_sdr": si_sdr(wav, rec),
             "level_db": level_change_db(wav, rec),
+            "highs_db": (band_level_change_db(wav, rec, sr, *HIGHS_HZ)
+                         if file_sr >= 32000 else None),
         }
         t2 = time.perf_counter()
         if recognizer is not None and (opts.asr_sources is None
@@ -312,13 +315,13 @@ def format_summary(report: dict[str, Any]) -> str:
 
     lines = ["reconstruction (mean; skipped = too short to score):",
              f"  {'source':<16}{'clips':>6}{'PESQ-WB':>9}{'STOI':>7}{'mel L1':>8}{'SI-SDR':>8}"
-             f"{'skip':>6}   level dB: median [5%, 95%]"]
+             f"{'skip':>6}   level dB: median [5%, 95%]   6-12 kHz dB"]
     for src, r in report["reconstruction"].items():
         lines.append(f"  {src:<16}{r['clips']:>6}{f(r['pesq_wb']['mean']):>9}"
                      f"{f(r['stoi']['mean']):>7}{f(r['mel_l1']['mean']):>8}"
                      f"{f(r['si_sdr']['mean'], 1):>8}{r['pesq_wb']['skipped']:>6}"
                      f"   {f(r['level_db']['median'], 1)} [{f(r['level_db']['p05'], 1)}, "
-                     f"{f(r['level_db']['p95'], 1)}]")
+                     f"{f(r['level_db']['p95'], 1)}]   {f(r['highs_db']['median'], 1)}")
     if "intelligibility" in report:
         lines.append("pocketsphinx WER (original -> reconstruction; recon vs original "
                      "transcript):")
