@@ -6,6 +6,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +326,24 @@ def test_level_and_highs_metrics():
     assert band_level_change_db(x, x, 24000, 6000, 12000) == pytest.approx(0.0, abs=1e-6)
     assert band_level_change_db(x, low, 24000, 6000, 12000) < -60      # highs cut
     assert band_level_change_db(low, low, 24000, 6000, 12000) is None  # nothing there to keep
+
+
+@pytest.mark.parametrize("name,words", [("Front_Right", "front right"),
+                                        ("Side_Right", "side right")])
+def test_recognizer_transcribes_real_english(name, words):
+    """The WER figures rest on pocketsphinx hearing real speech: two alsa-utils prompts come
+    back word for word (deterministic decoder), and their noise-only counterpart does not."""
+    pytest.importorskip("pocketsphinx")
+    from f3stream.audio import load_audio
+    from f3stream.evaluation.asr import Recognizer
+    from f3stream.evaluation.metrics import wer
+
+    path = f"/usr/share/sounds/alsa/{name}.wav"
+    if not Path(path).is_file():
+        pytest.skip("apt-get install alsa-utils")
+    wav, _ = load_audio(path, 24000)
+    rec = Recognizer()
+    assert rec.transcribe(wav, 24000) == words
+    assert wer(words, rec.transcribe(wav, 24000)) == 0.0
+    noise = np.random.default_rng(0).standard_normal(wav.size).astype(np.float32) * 0.05
+    assert rec.transcribe(noise, 24000) != words

@@ -250,6 +250,8 @@ def test_ddp_two_processes_with_torchrun(corpus, tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stdout
+    # each rank trained on its own batches; only synchronised gradients keep them equal
+    assert "stage 0: 2 ranks in sync" in r.stdout and "stage 1: 2 ranks in sync" in r.stdout
     tok = f3stream.load(out / "export")
     assert tok.info["stage0_steps"] == 6 and tok.info["stage1_steps"] == 4
 

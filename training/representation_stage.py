@@ -15,7 +15,8 @@ from f3stream.representation import RepresentationTrainingHeads, rq_mtp_loss
 from f3stream.tokenizer import Tokenizer
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
-from .train import CsvLog, TrainConfig, export, load_stage0, lr_at, setup_distributed
+from .train import (CsvLog, TrainConfig, check_ranks_in_sync, export, load_stage0, lr_at,
+                    setup_distributed)
 
 
 class LatentClips:
@@ -154,3 +155,4 @@ def train_representation(cfg: TrainConfig, out: Path, resume: bool,
                     "stage1_losses": {"rq": stage.use_rq, "lm": stage.lm if stage.use_lm
                                       else None}}
             export(model, out, info)
+    check_ranks_in_sync(trainable, world, rank, "stage 1")

@@ -132,6 +132,26 @@ class TrainConfig:
 
 
 # -- distributed helpers ----------------------------------------------------------------------
+def check_ranks_in_sync(module: nn.Module, world: int, rank: int, what: str) -> None:
+    """Data parallelism keeps every rank's weights identical (each rank sees other batches,
+    the gradients are averaged). Compares a checksum of the weights across ranks at the end
+    of a stage and stops with an error if they diverged (e.g. gradients not synchronised)."""
+    if world <= 1:
+        return
+    total = torch.zeros(2, dtype=torch.float64)
+    for p in module.parameters():
+        total[0] += p.detach().double().sum().cpu()
+        total[1] += p.detach().double().square().sum().cpu()
+    lo, hi = total.clone(), total.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError(f"{what}: data-parallel ranks ended with different weights "
+                           f"(checksums {lo.tolist()} .. {hi.tolist()})")
+    if rank == 0:
+        print(f"{what}: {world} ranks in sync (weights checksum {total[0].item():.6f})")
+
+
 def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -369,6 +389,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
             export(ema if ema is not None else model, out,
                    {"trained": True, "stage0_steps": done, "stage1_steps": 0,
                                 "seed": cfg.seed})
+    check_ranks_in_sync(ae, world, rank, "stage 0")
     return model
 
 
