@@ -2,11 +2,18 @@
 
 The array-level API is strict (mono, known dtype, finite, the model's sample rate) and says
 exactly what is wrong; the file-level helpers are convenient (mix down, resample).
+
+The value contract lives here once, for the Python API, the CLI and the server alike: float
+audio is expected in [-1, 1]; samples slightly beyond it (up to ±``CLIP_LIMIT``, e.g. the
+overshoot of resampling full-scale audio) are clipped to [-1, 1] with a warning; anything
+louder is rejected, as are latents beyond ±``MAX_LATENT`` (:func:`check_latent_values`), and
+:func:`finite_output` keeps non-finite numbers out of everything the model returns.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from math import gcd
 from pathlib import Path
 
@@ -16,6 +23,15 @@ from .errors import AudioInputError
 from .fileio import atomic_path
 
 INT16_SCALE = 32768.0
+#: float audio peaking above 1 but at most this is clipped to [-1, 1]; louder is rejected (a
+#: finite peak of 3e38 passed the NaN check and made every frame NaN/Inf)
+CLIP_LIMIT = 4.0
+#: latents beyond this magnitude are rejected: after the model's channel normalisation they
+#: are O(1-10) (bundled checkpoint: max 4.9 on speech, 2-3 on full-scale noise), while
+#: latents of 3e38 decoded to non-finite audio (a wav of constant -1.0 once written)
+MAX_LATENT = 100.0
+CLIP_WARNING = (f"float audio beyond [-1, 1] (up to ±{CLIP_LIMIT:g}) was clipped to [-1, 1]; "
+                "scale it into [-1, 1] to avoid the distortion")
 
 
 def to_numpy(x, name: str) -> np.ndarray:
@@ -49,7 +65,8 @@ def as_mono_float32(audio, name: str = "audio", allow_empty: bool = False) -> np
     """Returns a contiguous 1-D float32 copy-or-view of ``audio``.
 
     Accepts int16 PCM (scaled by 1/32768) or float32/float64 in [-1, 1], shaped ``[n]``,
-    ``[n, 1]`` or ``[1, n]``. Rejects multichannel, other dtypes, NaN/Inf, and (unless
+    ``[n, 1]`` or ``[1, n]``; float samples up to ±``CLIP_LIMIT`` are clipped to [-1, 1] (with
+    a warning). Rejects multichannel, other dtypes, NaN/Inf, louder float audio, and (unless
     ``allow_empty``) empty input.
     """
     x = to_numpy(audio, name)
@@ -62,17 +79,51 @@ def as_mono_float32(audio, name: str = "audio", allow_empty: bool = False) -> np
     if x.dtype == np.int16:
         x = x.astype(np.float32) / INT16_SCALE
     elif x.dtype in (np.float32, np.float64):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            bad = np.flatnonzero(~np.isfinite(x))
-            raise AudioInputError(f"{name} contains {bad.size} NaN/Inf samples (first at index "
-                                  f"{bad[0]}); clean the signal before tokenizing")
+        x = _clip_to_contract(np.ascontiguousarray(x, dtype=np.float32), name)
     else:
         raise AudioInputError(f"{name} has dtype {x.dtype}; expected int16 PCM or float32 in "
                               "[-1, 1] (convert e.g. int32 PCM with x / 2**31)")
     if x.size == 0 and not allow_empty:
         raise AudioInputError(f"{name} is empty")
     return x
+
+
+def _clip_to_contract(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` if it is within [-1, 1], else a clipped copy (see :data:`CLIP_LIMIT`)."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0  # NaN when any sample is NaN
+    if peak <= 1.0:
+        return x
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x))
+        raise AudioInputError(f"{name} contains {bad.size} NaN/Inf samples (first at index "
+                              f"{bad[0]}); clean the signal before tokenizing")
+    if peak > CLIP_LIMIT:
+        raise AudioInputError(f"{name} peaks at {peak:.3g}, but float audio must be in [-1, 1] "
+                              f"(up to ±{CLIP_LIMIT:g} is clipped); scale it, e.g. "
+                              "audio / np.abs(audio).max(), or convert PCM integers to float")
+    warnings.warn(CLIP_WARNING, stacklevel=3)
+    return np.clip(x, -1.0, 1.0)
+
+
+def check_latent_values(z: np.ndarray) -> None:
+    """Raises :class:`AudioInputError` unless every latent is finite and within
+    ±:data:`MAX_LATENT`."""
+    peak = float(np.max(np.abs(z))) if z.size else 0.0  # NaN when any value is NaN
+    if peak <= MAX_LATENT:
+        return
+    if not np.isfinite(z).all():
+        raise AudioInputError("latents contain NaN or Inf")
+    raise AudioInputError(f"latents reach {peak:.3g}, beyond ±{MAX_LATENT:g}: this model's "
+                          "latents are O(1-10); are they scaled, or from another model?")
+
+
+def finite_output(x: np.ndarray) -> np.ndarray:
+    """``x`` with NaN/Inf replaced by 0 (and a warning): the last guard that keeps non-finite
+    numbers out of what the model returns (a bug or a broken checkpoint, given valid input)."""
+    if np.isfinite(x).all():
+        return x
+    warnings.warn("the model produced NaN/Inf; those values were replaced by 0", stacklevel=2)
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def check_sample_rate(sample_rate: int | None, expected: int) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .audio import as_mono_float32
+from .audio import as_mono_float32, finite_output
 from .errors import F3StreamError, SessionClosedError
 from .streaming import State
 
@@ -261,7 +261,7 @@ class DecoderSession(_PooledStream):
         self.closed = True
         if self.frames_received == 0:
             return np.zeros(0, dtype=np.float32)
-        tail = self.tokenizer.engine.decode_tail(self.state)[0]
+        tail = finite_output(self.tokenizer.engine.decode_tail(self.state)[0])
         return self._skip(tail)
 
     def _skip(self, wav: np.ndarray) -> np.ndarray:
@@ -357,6 +357,7 @@ def _step_in_batches(sessions: Sequence[_PooledStream], inputs: list[np.ndarray]
                 row, pool_state = sessions[i].row, sessions[i].pool.state
                 for k, v in part.items():
                     pool_state[k][row:row + 1] = v
+        res = [None if a is None else finite_output(a) for a in res]
         for j, i in enumerate(active):
             outs[i].append(tuple(None if a is None else a[j] for a in res))
             done[i] += t

@@ -10,7 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .audio import as_mono_float32, check_sample_rate, to_numpy
+from .audio import (as_mono_float32, check_latent_values, check_sample_rate, finite_output,
+                    to_numpy)
 from .audiofile import AudioFileReader
 from .backends import Engine, create_engine, cuda_capable
 from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_strict, save_checkpoint
@@ -172,7 +173,7 @@ class Tokenizer:
         with _progress_bar(-(-z.shape[0] // BLOCK_FRAMES), progress, "represent") as bar:
             for a in range(0, z.shape[0], BLOCK_FRAMES):
                 r, state = self.engine.represent_step(z[None, a:a + BLOCK_FRAMES], state)
-                out.append(r[0])
+                out.append(finite_output(r[0]))
                 bar.update(1)
         return np.concatenate(out)
 
@@ -267,9 +268,9 @@ class Tokenizer:
         for a in range(0, n, BLOCK_FRAMES):
             chunk = wav[a * self.hop_length:(a + BLOCK_FRAMES) * self.hop_length]
             z, r = self.engine.encode_rows(chunk[None], state, rows)
-            lat.append(z[0])
+            lat.append(finite_output(z[0]))
             if r is not None:
-                rep.append(r[0])
+                rep.append(finite_output(r[0]))
         with_reps = self.engine.has_representations(state)
         latents = np.concatenate(lat) if lat else np.zeros((0, self.latent_dim), np.float32)
         reps = None
@@ -282,7 +283,8 @@ class Tokenizer:
         """Latent frames -> samples, advancing the stream at row ``row`` of ``state``."""
         if z.shape[0] == 0:
             return np.zeros(0, np.float32)
-        return self.engine.decode_rows(z[None], state, np.array([row], dtype=np.int64))[0]
+        return finite_output(
+            self.engine.decode_rows(z[None], state, np.array([row], dtype=np.int64))[0])
 
     def _check_latents(self, latents, allow_empty: bool = False) -> np.ndarray:
         z = to_numpy(latents, "latents")
@@ -292,8 +294,7 @@ class Tokenizer:
         if z.dtype not in (np.float32, np.float64, np.float16):
             raise AudioInputError(f"latents must be float, got dtype {z.dtype}")
         z = np.ascontiguousarray(z, dtype=np.float32)
-        if not np.isfinite(z).all():
-            raise AudioInputError("latents contain NaN or Inf")
+        check_latent_values(z)
         if z.shape[0] == 0 and not allow_empty:
             raise AudioInputError("latents are empty (0 frames)")
         return z

@@ -358,6 +358,7 @@ async def raw_exchange(url, messages, pause: float = 0.0, **connect_kw):
 
 
 NAN_F32 = np.array([0.1, np.nan], "<f4").tobytes()
+HUGE = 3e38  # finite, so it passed the NaN checks, and every frame it gave was NaN/Inf
 HOSTILE = {
     "malformed_json": (["{not json"], "bad_json", 4000),
     "json_array": (["[1, 2, 3]"], "bad_json", 4000),
@@ -371,6 +372,14 @@ HOSTILE = {
     "nan_float32": ([hello(format="float32"), NAN_F32], "bad_audio", 4004),
     "inf_float32": ([hello(format="float32"), np.array([np.inf], "<f4").tobytes()],
                     "bad_audio", 4004),
+    "huge_float32": ([hello(format="float32"), np.full(960, HUGE, "<f4").tobytes()],
+                     "bad_audio", 4004),
+    "float32_beyond_clip_limit": ([hello(format="float32"), np.full(960, 4.5, "<f4").tobytes()],
+                                  "bad_audio", 4004),
+    "huge_latents": ([hello(direction="decode"), np.full(64, HUGE, "<f4").tobytes()],
+                     "bad_latents", 4004),
+    "latents_beyond_bound": ([hello(direction="decode"), np.full(64, -101, "<f4").tobytes()],
+                             "bad_latents", 4004),
     "bad_latent_bytes": ([hello(direction="decode"), b"\x00" * 12], "bad_latents", 4004),
     "nan_latents": ([hello(direction="decode"), np.full(64, np.nan, "<f4").tobytes()],
                     "bad_latents", 4004),
@@ -410,6 +419,20 @@ def test_hostile_input_gets_error_code_and_others_unaffected(tiny_tokenizer, cas
     assert isinstance(errors[-1]["message"], str) and errors[-1]["message"]
     assert got_close == close_code
     assert srv.metrics.errors[code] >= 1
+
+
+def test_slightly_loud_float32_audio_is_clipped_as_the_library_clips_it(tiny_tokenizer):
+    """The server applies the library's audio contract: float32 up to ±4 is clipped to [-1, 1]
+    (the frames equal offline tokenization of the clipped audio), louder is bad_audio above."""
+    wav = noise(6, 9000) * 8  # peaks at 3.5
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            with pytest.warns(UserWarning, match="clipped"):
+                return await stream_chunks(url, wav, [1000, 2500], format="float32")
+
+    assert 1 < np.abs(wav).max() <= 4
+    assert_matches(tiny_tokenizer, np.clip(wav, -1, 1), run(main()))
 
 
 def test_oversized_message_closes_1009(tiny_tokenizer):

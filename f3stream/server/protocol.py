@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import F3StreamError
+from ..audio import as_mono_float32, check_latent_values
+from ..errors import AudioInputError, F3StreamError
 
 PROTOCOL_VERSION = 1
 MAGIC = b"F3ST"
@@ -230,7 +231,9 @@ def error_message(code: str, message: str) -> str:
 
 # -- binary payloads from the client ----------------------------------------------------------
 def decode_audio(data: Any, fmt: str) -> np.ndarray:
-    """A binary audio message -> float32 samples (pcm16 is scaled by 1/32768)."""
+    """A binary audio message -> float32 samples, under the library's audio contract
+    (:func:`f3stream.audio.as_mono_float32`: pcm16 is scaled by 1/32768; float32 beyond
+    [-1, 1] is clipped up to ±4 and rejected beyond, as NaN/Inf is)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("bad_audio", "audio must be sent as a binary message")
     n = memoryview(data).nbytes
@@ -238,18 +241,18 @@ def decode_audio(data: Any, fmt: str) -> np.ndarray:
         if n % 2:
             raise ProtocolError("bad_audio", f"pcm16 audio needs an even number of bytes, got "
                                              f"{n}")
-        x = np.frombuffer(data, dtype="<i2").astype(np.float32)
-        x *= 1.0 / 32768.0  # exact (a power of two): the same as x / 32768
-        return x
-    if fmt == "float32":
+        x = np.frombuffer(data, dtype="<i2")
+    elif fmt == "float32":
         if n % 4:
             raise ProtocolError("bad_audio", f"float32 audio needs a multiple of 4 bytes, got "
                                              f"{n}")
-        x = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        if not np.isfinite(x.sum(dtype=np.float64)):  # finite sum <=> all finite (no overflow)
-            raise ProtocolError("bad_audio", "audio contains NaN or Inf samples")
-        return x
-    raise ProtocolError("bad_field", f"unknown audio format {fmt!r}")
+        x = np.frombuffer(data, dtype="<f4").copy()  # writable, like every array we hand on
+    else:
+        raise ProtocolError("bad_field", f"unknown audio format {fmt!r}")
+    try:
+        return as_mono_float32(x, name="audio message", allow_empty=True)
+    except AudioInputError as e:
+        raise ProtocolError("bad_audio", str(e)) from None
 
 
 def decode_latents(data: Any, latent_dim: int) -> np.ndarray:
@@ -262,8 +265,10 @@ def decode_latents(data: Any, latent_dim: int) -> np.ndarray:
         raise ProtocolError("bad_latents", f"latents are float32 [n, {latent_dim}]: the byte "
                                            f"count must be a multiple of {row}, got {len(data)}")
     z = np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(-1, latent_dim)
-    if not np.isfinite(z).all():
-        raise ProtocolError("bad_latents", "latents contain NaN or Inf")
+    try:
+        check_latent_values(z)  # the library's bound (f3stream.audio.MAX_LATENT)
+    except AudioInputError as e:
+        raise ProtocolError("bad_latents", str(e)) from None
     return z
 
 
