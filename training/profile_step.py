@@ -1,0 +1,68 @@
+"""Where one stage-0 training step spends its time: data, forward, losses, backward, optimizer.
+
+    python -m training.profile_step --config training/configs/real_cpu.json --steps 12
+
+Prints milliseconds per phase (mean over ``--steps`` after 3 warm-up steps) as JSON. Uses the
+config's packed corpus (or manifest) and loss weights, with random initial weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def profile(config: str, steps: int, threads: int) -> dict[str, float]:
+    from f3stream.model import F3Model
+
+    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
+    from .train import AutoencoderPart, TrainConfig, _batch, load_stage0_sources
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig.load(config)
+    stage = cfg.autoencoder
+    ae = AutoencoderPart(F3Model(cfg.model)).train()
+    opt = torch.optim.AdamW(ae.parameters(), lr=stage.lr)
+    src, _ = load_stage0_sources(cfg, stage)
+    logmel = LogMel(cfg.model.autoencoder.sample_rate)
+    totals = dict.fromkeys(("data", "forward", "losses", "backward", "optimizer"), 0.0)
+    for step in range(steps + 3):
+        t0 = time.perf_counter()
+        x, band = _batch(src, step, stage.batch_size, 0)
+        t1 = time.perf_counter()
+        y = ae(x)
+        t2 = time.perf_counter()
+        mr, cx, mags = spectral_losses(y, x, band, with_complex=stage.complex_weight > 0)
+        loss = (stage.mrstft_weight * mr + stage.mel_weight * logmel.loss(y, x, band, mags)
+                + stage.complex_weight * cx)
+        if stage.band_weight:
+            loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band)
+        t3 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t4 = time.perf_counter()
+        opt.step()
+        t5 = time.perf_counter()
+        if step >= 3:
+            for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                totals[key] += dt / steps
+    return {k: round(v * 1000, 1) for k, v in totals.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.profile_step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    print(json.dumps(profile(args.config, args.steps, args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
