@@ -113,16 +113,19 @@ def test_real_speech_ingesters_and_pinned_held_out_voices(tmp_path):
     stamps.mkdir(parents=True)
     for lang in ("es", "fr"):
         (stamps / f"big_cat_desc_{lang}.ogg").write_bytes(b"x")
+    (stamps / "big_cat_desc.ogg").write_bytes(b"x")                 # the English narrator
     clips = real_speech.ingest(["fillets", "tuxpaint"], root)
     speakers = {c.speaker for c in clips}
     assert speakers == {"fillets-cs-m", "fillets-cs-v", "fillets-nl-m", "fillets-nl-v",
-                        "tuxpaint-es", "tuxpaint-fr"}
-    assert {c.text for c in clips if c.source == "tuxpaint"} == {"big cat"}
+                        "tuxpaint-es", "tuxpaint-fr", "tuxpaint-en"}
+    # an English file name is the transcript of the English recording only
+    assert {c.speaker: c.text for c in clips if c.source == "tuxpaint"} == {
+        "tuxpaint-en": "big cat", "tuxpaint-es": "", "tuxpaint-fr": ""}
     split = {c.speaker: c.split for c in assign_splits(clips, 0.5, 0.5, seed=0)}
     assert split["fillets-nl-v"] == "test" and split["tuxpaint-es"] == "test"
     # voices of real sources that are not pinned are all trained on
     assert all(split[s] == "train" for s in ("fillets-cs-m", "fillets-cs-v", "fillets-nl-m",
-                                             "tuxpaint-fr"))
+                                             "tuxpaint-fr", "tuxpaint-en"))
 
 
 def test_training_config_reads_packed_options(tmp_path):

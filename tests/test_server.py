@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import threading
@@ -535,8 +536,7 @@ def test_slow_reader_is_closed_not_buffered(tiny_tokenizer):
     wav = noise(4, 24000 * 400)
 
     async def main():
-        async with serving(tiny_tokenizer, send_queue=4, max_pending_seconds=0.2,
-                           close_timeout=30) as (srv, url):
+        async with serving(tiny_tokenizer, send_queue=4, max_pending_seconds=0.2) as (srv, url):
             # a client that never reads, with a tiny socket receive buffer so the kernel
             # does not absorb megabytes first
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -544,19 +544,22 @@ def test_slow_reader_is_closed_not_buffered(tiny_tokenizer):
             sock.connect(("127.0.0.1", srv.port))
             async with connect(url, sock=sock, compression=None, max_queue=1) as ws:
                 await ws.send(hello(format="float32", **{"return": "both"}))
-                try:  # never read: socket buffers fill, then the server's bounded outbox
+
+                async def send_all():  # never read: socket buffers fill, then the outbox
                     for i, row in enumerate(wav.reshape(-1, 960)):
                         await ws.send(row.tobytes())
                         if i % 20 == 0:
                             await asyncio.sleep(0)
-                        if srv.metrics.errors["slow_reader"]:
-                            break
-                except ConnectionClosed:
-                    pass
-                for _ in range(200):
-                    if srv.metrics.errors["slow_reader"]:
+                sending = asyncio.get_running_loop().create_task(send_all())
+                for _ in range(1200):
+                    if srv.metrics.errors["slow_reader"] or sending.done():
                         break
                     await asyncio.sleep(0.05)
+                # stop sending (the server no longer reads it, so a send may wait until the
+                # abort), then read: the 4008 close comes after the buffered frames
+                sending.cancel()
+                with contextlib.suppress(ConnectionClosed, asyncio.CancelledError):
+                    await sending
                 with contextlib.suppress(ConnectionClosed):
                     async for _ in ws:  # drain: the close frame comes after buffered data
                         pass
@@ -567,6 +570,140 @@ def test_slow_reader_is_closed_not_buffered(tiny_tokenizer):
     code, count, _ = run(main(), timeout=90)
     assert count == 1, "the server never detected the slow reader"
     assert code == 4008, code
+
+
+def test_slow_reader_is_not_read_after_its_close(tiny_tokenizer):
+    """After the slow_reader close the server used to keep reading (and discarding) the
+    client's audio for as long as it came (GBs, seconds of CPU); now it reads nothing more
+    and aborts the connection once close_timeout has passed."""
+    row = noise(4, 960).tobytes()
+
+    async def main():
+        async with serving(tiny_tokenizer, send_queue=4, max_pending_seconds=0.2,
+                           close_timeout=0.5) as (srv, url):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", srv.port))
+            read_after = sent_after = 0
+            async with connect(url, sock=sock, compression=None, max_queue=1) as ws:
+                await ws.send(hello(format="float32", **{"return": "both"}))
+                (conn,) = srv._ws.connections
+                real_data_received = conn.data_received
+
+                def counting(data: bytes) -> None:  # what the server reads after the close
+                    nonlocal read_after
+                    if srv.metrics.errors["slow_reader"]:
+                        read_after += len(data)
+                    real_data_received(data)
+                conn.data_received = counting
+                with contextlib.suppress(ConnectionClosed):  # never read, send 64 MiB more
+                    for i in itertools.count():
+                        if sent_after >= 64 << 20:
+                            break
+                        await ws.send(row)
+                        if srv.metrics.errors["slow_reader"]:
+                            sent_after += len(row)
+                        if i % 20 == 0:
+                            await asyncio.sleep(0)
+            return srv.metrics.errors["slow_reader"], read_after, sent_after
+
+    count, read_after, sent_after = run(main(), timeout=90)
+    assert count == 1, "the server never detected the slow reader"
+    assert sent_after < 64 << 20, "the connection was never aborted"
+    assert read_after <= 1 << 20, f"read {read_after >> 20} MiB after closing"
+
+
+# -- connections that read nothing: pings, stuck writes ---------------------------------------
+PING, TEXT = 0x9, 0x1
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (zero masking key) of at most 125 bytes, written raw: the client library
+    would read and answer what the server sends."""
+    assert len(payload) <= 125
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+async def deaf_client(srv: F3Server, first: str):
+    """A raw websocket client that sends ``first`` after the upgrade and then reads nothing
+    (with a tiny receive buffer). Returns its stream writer and the server's connection."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", srv.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(UPGRADE)
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.pause_reading()
+    writer.write(ws_frame(TEXT, first.encode()))
+    for _ in range(400):
+        if srv.sessions:
+            break
+        await asyncio.sleep(0.01)
+    (conn,) = srv._ws.connections
+    return writer, conn
+
+
+def test_ping_flood_that_reads_no_pong_is_cut_off(tiny_tokenizer):
+    """websockets writes a pong for every ping outside send()'s flow control: a client that
+    pinged as fast as it could after its hello and read nothing grew the server ~30 MB/s and
+    was never closed. Now it is aborted once its unread pongs pass max_pong_backlog, and a
+    good client is served as before."""
+    pings = ws_frame(PING, b"p" * 125) * 1000  # 131 kB of pings -> 127 kB of pongs
+
+    async def main():
+        async with serving(tiny_tokenizer) as (srv, url):
+            writer, conn = await deaf_client(srv, hello())
+            peak = sent = 0
+            with contextlib.suppress(ConnectionError):
+                while sent < 64 << 20 and not conn.transport.is_closing():
+                    writer.write(pings)
+                    await writer.drain()
+                    sent += len(pings)
+                    peak = max(peak, conn.transport.get_write_buffer_size())
+            closed = conn.transport.is_closing()
+            writer.transport.abort()
+            await good_client(tiny_tokenizer, url)
+            return closed, peak, sent, srv.metrics.errors["slow_reader"]
+
+    closed, peak, sent, count = run(main())
+    assert closed, f"open after {sent >> 20} MiB of pings with {peak >> 20} MiB of pongs queued"
+    assert peak < 1 << 20 and count == 1
+
+
+def test_idle_timeout_closes_a_connection_whose_writes_are_stuck(tiny_tokenizer):
+    """The idle timeout queues an error, then the close; to a client that reads nothing that
+    send waited for ever, so the timeout was counted but never closed the connection. The
+    close deadline (close_timeout) now aborts it."""
+    pings = ws_frame(PING, b"p" * 125) * 20
+
+    async def main():
+        async with serving(tiny_tokenizer, idle_timeout=1.0, close_timeout=0.5) as (srv, url):
+            writer, conn = await deaf_client(srv, hello())
+            # a small kernel send buffer, so that a few unread pongs stall the server's writes
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                               socket.SO_SNDBUF, 4096)
+            for _ in range(100000):  # unread pongs until the server's writes to it stall (then
+                # stop, well below max_pong_backlog: the idle timeout must close this one)
+                if conn.paused:
+                    break
+                writer.write(pings)
+                await writer.drain()
+                await asyncio.sleep(0)  # let the server read them before the next check
+            stalled = conn.paused
+            for _ in range(400):  # then silence: only the idle timeout can end the session
+                if not srv.sessions:
+                    break
+                await asyncio.sleep(0.025)
+            left = len(srv.sessions)
+            writer.transport.abort()
+            return stalled, left, srv.metrics.errors["idle_timeout"]
+
+    stalled, left, idle = run(main())
+    assert stalled, "the test never stalled the server's writes"
+    assert idle == 1 and left == 0, "the idle session was not closed"
 
 
 # -- endpoints, shutdown, sync client, CLI ----------------------------------------------------

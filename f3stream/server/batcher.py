@@ -208,10 +208,9 @@ class Batcher:
         for w in done:
             try:
                 self.deliver(w)
-            except Exception:  # noqa: BLE001 - the loop must survive any one session
+            except Exception as e:  # noqa: BLE001 - the loop must survive any one session
                 log.exception("delivering to session %s failed", w.session.id)
-                w.session.dead = True
-                w.session.inbox.clear()
+                w.session.fail("internal", f"delivering results failed: {type(e).__name__}")
         if any(s.needs_step for s in self.sessions()):
             self.wake.set()
 

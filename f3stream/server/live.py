@@ -98,9 +98,10 @@ class LiveSession:
     """A connected, handshaken client."""
 
     def __init__(self, sid: int, ws: Any, hello: Hello, coder: Any, outbox_limit: int,
-                 frame_length: int):
+                 frame_length: int, close_timeout: float):
         self.id = sid
-        self.ws = ws
+        self.ws = ws                       # a BoundedConnection
+        self.close_timeout = close_timeout
         self.hello = hello
         self.coder = coder                 # EncoderSession or DecoderSession
         self.encoder = hello.direction == "encode"
@@ -198,6 +199,10 @@ class LiveSession:
         self.close(ERROR_CODES[code], code)
 
     def close(self, code: int, reason: str) -> None:
+        """Queues the close after what is already queued. The connection is aborted if it is
+        still open ``close_timeout`` s from now: a client that reads nothing would otherwise
+        keep the send of the queue ahead of the close (and so the close) waiting forever."""
         self.dead = True
         self.space.set()
         self.outbox.put(("close", code, reason[:120]), force=True)
+        self.ws.abort_after(self.close_timeout)

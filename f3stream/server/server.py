@@ -8,6 +8,7 @@ its own connection, with an error message and a documented close code (docs/prot
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import json
@@ -25,6 +26,7 @@ from websockets.http11 import Request, Response
 from ..session import DecoderSession, DecoderStatePool, EncoderSession, EncoderStatePool
 from ..tokenizer import Tokenizer
 from .batcher import Batcher
+from .connection import BoundedConnection
 from .live import LiveSession, Op, Work, now_us
 from .metrics import Metrics
 from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, PROTOCOL_VERSION, HEADER_SIZE,
@@ -54,7 +56,12 @@ class ServerConfig:
     # Two let input that arrives during a round start computing on the second core at once;
     # on 2 cores, 100 streams went from p99 9.8 ms (one worker) to 4.1-5.3 ms (docs/server.md).
     model_workers: int = 2
+    # Once the server decides to close a connection, the peer has this long to read what is
+    # queued and answer the close; then the TCP connection is aborted.
     close_timeout: float = 2.0
+    # Pongs (websockets' automatic replies) queued for a peer that reads nothing, beyond the
+    # websockets write buffer's high-water mark, before the connection is aborted.
+    max_pong_backlog: int = 1 << 16
     # The model thread and the event loop share the GIL; with Python's default 5 ms switch
     # interval every torch op the model thread releases the GIL for can cost it up to 5 ms to
     # get it back (a convoy). A short interval keeps batched steps near their solo speed.
@@ -92,11 +99,15 @@ class F3Server:
         if self.cfg.allowed_origins:
             # None admits clients that send no Origin header (non-browser clients)
             origins = [*self.cfg.allowed_origins, None]
+        connection = functools.partial(BoundedConnection,
+                                       max_pong_backlog=self.cfg.max_pong_backlog,
+                                       on_overflow=self._pong_overflow)
         self._ws = await serve(self._handler, host, port, origins=origins,
                                process_request=self._http, compression=None,
                                max_size=self.cfg.max_message_bytes, max_queue=64,
                                close_timeout=self.cfg.close_timeout,
-                               ping_interval=20, ping_timeout=20)
+                               ping_interval=20, ping_timeout=20,
+                               create_connection=connection)
         return self
 
     @property
@@ -156,7 +167,7 @@ class F3Server:
         return static_response(path, request)  # the browser demo: / and /demo/...
 
     # -- websocket ----------------------------------------------------------------------------
-    async def _handler(self, ws: ServerConnection) -> None:
+    async def _handler(self, ws: BoundedConnection) -> None:
         try:
             session = await self._handshake(ws)
         except ConnectionClosed:
@@ -184,15 +195,16 @@ class F3Server:
             self.sessions.pop(session.id, None)
             self.batcher.retire(session.coder)
 
-    async def _reject(self, ws: ServerConnection, code: str, message: str) -> None:
+    async def _reject(self, ws: BoundedConnection, code: str, message: str) -> None:
         self.metrics.errors[code] += 1
+        ws.abort_after(self.cfg.close_timeout)
         try:
             await ws.send(error_message(code, message))
             await ws.close(ProtocolError(code, message).close_code, code)
         except ConnectionClosed:
             pass
 
-    async def _handshake(self, ws: ServerConnection) -> LiveSession | None:
+    async def _handshake(self, ws: BoundedConnection) -> LiveSession | None:
         try:
             first = await asyncio.wait_for(ws.recv(), self.cfg.idle_timeout)
         except asyncio.TimeoutError:
@@ -222,7 +234,8 @@ class F3Server:
                  if hello.direction == "encode" else self._pooled_session(None))
         sid = next(self._ids)
         session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue,
-                              self.tok.hop_length if hello.direction == "encode" else 1)
+                              self.tok.hop_length if hello.direction == "encode" else 1,
+                              self.cfg.close_timeout)
         self.sessions[sid] = session
         self.metrics.sessions_total += 1
         session.send_text(json.dumps(self._ready(session)), force=True)
@@ -257,7 +270,10 @@ class F3Server:
                 "max_message_bytes": self.cfg.max_message_bytes,
                 "decoder_delay": tok.config.autoencoder.decoder_delay}
 
-    async def _read(self, ws: ServerConnection, s: LiveSession) -> None:
+    async def _read(self, ws: BoundedConnection, s: LiveSession) -> None:
+        """Reads the session's input until it is closing, then waits for the close: a closing
+        connection's input is not read (after ``max_queue`` unread frames websockets stops
+        reading the socket), and its close deadline bounds the wait."""
         loop = asyncio.get_running_loop()
         s.last_input = loop.time()
         limit = self.cfg.max_session_seconds * self.tok.sample_rate
@@ -265,14 +281,16 @@ class F3Server:
             limit = self.cfg.max_session_seconds * self.tok.frame_rate
         max_pending = self.cfg.max_pending_seconds * (self.tok.sample_rate if s.encoder
                                                       else self.tok.frame_rate)
-        while True:
+        while not s.dead:
             while s.pending > max_pending and not s.dead:  # backpressure: stop reading
                 s.space.clear()
                 await s.space.wait()
+            if s.dead:
+                break
             msg = await ws.recv()  # idle sessions are closed by _reap_idle (no timer per read)
             s.last_input = loop.time()
             if s.dead:
-                continue  # closing: drain until the close handshake ends recv()
+                break
             recv_us = now_us()
             try:
                 if isinstance(msg, str):
@@ -296,6 +314,7 @@ class F3Server:
                 continue
             if wake:
                 self.batcher.wake.set()
+        await ws.wait_closed()
 
     async def _reap_idle(self) -> None:
         """Closes sessions that sent nothing for idle_timeout (one timer for all sessions
@@ -335,14 +354,22 @@ class F3Server:
             self._fail(s, *w.error)
 
     def _slow_reader(self, s: LiveSession) -> None:
-        """The client does not read: close now instead of buffering without bound."""
+        """The client does not read: close now instead of buffering without bound. Its input
+        would only be discarded, so it is not read any more either (reading and discarding a
+        fast sender's audio cost whole cores for as long as it kept sending)."""
         self.metrics.errors["slow_reader"] += 1
         s.dead = True
         s.inbox.clear()
         s.outbox.clear()
         s.space.set()
+        s.ws.stop_reading()
+        s.ws.abort_after(self.cfg.close_timeout)
         asyncio.get_running_loop().create_task(
             s.ws.close(CLOSE_SLOW_READER, "slow_reader: send queue full"))
+
+    def _pong_overflow(self) -> None:
+        """A peer flooded pings without reading the pongs (its connection is aborted)."""
+        self.metrics.errors["slow_reader"] += 1
 
     async def _sender(self, s: LiveSession) -> None:
         ws = s.ws

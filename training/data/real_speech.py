@@ -5,7 +5,9 @@ Each ingester walks the files of one package under ``root`` (``/`` when the pack
 installed, or a folder the ``.deb`` was unpacked into with ``dpkg-deb -x``, see
 :func:`fetch_packages`) and returns :class:`Clip` records whose ``speaker`` is the voice the
 files allow us to tell apart (a game character, a prompt voice, a language's narrator). The
-``text`` is what the file name says, where it says anything.
+``text`` is what the file name says, and only where that is what is spoken: English file
+names are transcripts of English recordings only (a Spanish narrator saying "gato" in
+``cat_desc_es.ogg`` gets no text), so the frozen-LM loss of stage 1 never learns a wrong one.
 
 Held-out voices are pinned in :data:`HELD_OUT` so an evaluation voice is never trained on, no
 matter which other sources a corpus mixes in. The alsa-utils prompts are never read.
@@ -91,7 +93,8 @@ def tuxpaint(root: Path) -> list[Clip]:
         if not m:
             continue
         lang = m.group(2) or "en"
-        clips.append(Clip(str(f), _words(m.group(1)), f"tuxpaint-{lang}", "train", "tuxpaint"))
+        text = _words(m.group(1)) if lang == "en" else ""
+        clips.append(Clip(str(f), text, f"tuxpaint-{lang}", "train", "tuxpaint"))
     return clips
 
 
@@ -106,21 +109,26 @@ def asterisk(root: Path) -> list[Clip]:
         for f in sorted(voice_dir.rglob("*.wav")):
             if "silence" in f.parts:
                 continue
-            clips.append(Clip(str(f), _words(f.stem), speaker, "train", "asterisk"))
+            text = _words(f.stem) if lang == "en" and f.parent == voice_dir else ""
+            clips.append(Clip(str(f), text, speaker, "train", "asterisk"))
     return clips
 
 
 def ktuberling(root: Path) -> list[Clip]:
     """KTuberling object names, one voice per locale folder."""
     base = root / "usr/share/ktuberling/sounds"
-    return [Clip(str(f), _words(f.stem), f"ktuberling-{f.parent.name}", "train", "ktuberling")
+    return [Clip(str(f), _words(f.stem) if f.parent.name == "en" else "",
+                 f"ktuberling-{f.parent.name}", "train", "ktuberling")
             for f in sorted(base.glob("*/*.ogg"))]
 
 
 def hedgewars(root: Path) -> list[Clip]:
-    """Hedgewars voice packs (cartoon voices): speaker = pack folder."""
+    """Hedgewars voice packs (cartoon voices): speaker = pack folder. File names are English
+    exclamations; the Russian, Polish, Spanish and Ukrainian packs get no text."""
     base = root / "usr/share/games/hedgewars/Data/Sounds/voices"
-    return [Clip(str(f), _words(f.stem), f"hedgewars-{f.parent.name}", "train", "hedgewars")
+    foreign = ("_ru", "_pl", "_es", "_uk", "Russian")
+    return [Clip(str(f), "" if any(t in f.parent.name for t in foreign) else _words(f.stem),
+                 f"hedgewars-{f.parent.name}", "train", "hedgewars")
             for f in sorted(base.glob("*/*.ogg"))]
 
 
