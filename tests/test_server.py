@@ -837,6 +837,42 @@ def test_serve_cli_sigterm_flushes(tiny_tokenizer, tmp_path):
             proc.wait()
 
 
+BAD_SERVE_OPTIONS = [("--port", "99999"), ("--port", "-1"), ("--max-sessions", "0"),
+                     ("--max-sessions", "-5"), ("--max-message-bytes", "0"),
+                     ("--max-message-bytes", "100"), ("--idle-timeout", "0"),
+                     ("--idle-timeout", "-1"), ("--idle-timeout", "nan"), ("--send-queue", "0"),
+                     ("--max-session-seconds", "-1"), ("--max-session-seconds", "inf"),
+                     ("--threads", "0"), ("--model-workers", "0")]
+
+
+@pytest.mark.parametrize("option,value", BAD_SERVE_OPTIONS)
+def test_serve_refuses_out_of_range_options(option, value, monkeypatch, capsys):
+    """Each of these started a server that refused every client (or listened on another
+    port); now it is one error line and exit status 2, before anything starts."""
+    from f3stream.cli import main
+    from f3stream.server import cli as live_cli
+    started = []
+    monkeypatch.setattr(live_cli, "cmd_serve", lambda args: started.append(args) or 0)
+    assert main(["serve", option, value]) == 2
+    err = capsys.readouterr().err
+    assert not started
+    assert err.startswith(f"f3stream serve: error: argument {option}:") and err.count("\n") == 1
+
+
+def test_serve_accepts_the_edges_of_its_options(monkeypatch):
+    from f3stream.cli import main
+    from f3stream.server import cli as live_cli
+    started = []
+    monkeypatch.setattr(live_cli, "cmd_serve", lambda args: started.append(args) or 0)
+    assert main(["serve", "--port", "65535", "--max-sessions", "1", "--max-message-bytes",
+                 "4096", "--idle-timeout", "0.1", "--send-queue", "1",
+                 "--max-session-seconds", "0.5", "--threads", "1", "--model-workers", "1"]) == 0
+    assert main(["serve", "--port", "0"]) == 0
+    args = started[0]
+    assert (args.port, args.max_sessions, args.max_message_bytes, args.idle_timeout,
+            args.send_queue, args.max_session_seconds) == (65535, 1, 4096, 0.1, 1, 0.5)
+
+
 def test_load_benchmark_runs_and_loses_no_frame():
     """benchmarks/server_load.py end to end, small: `f3stream serve` with its defaults and
     a few real-time clients on loopback; every frame arrives and the report is complete."""

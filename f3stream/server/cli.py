@@ -11,13 +11,17 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from ..errors import F3StreamError
 from ..threads import limit_threads
 from . import eventloop
+from .protocol import MAX_TEXT_CHARS
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
@@ -49,10 +53,6 @@ def serve_backend(device: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     _need_websockets()
     loop_name, _ = eventloop.loop_factory(args.loop)  # a missing uvloop fails before loading
-    for name in ("threads", "model_workers"):
-        if getattr(args, name) < 1:
-            raise LiveCLIError(f"--{name.replace('_', '-')} must be >= 1, got "
-                               f"{getattr(args, name)}")
     from ..tokenizer import Tokenizer
     from .server import ServerConfig, run_server
 
@@ -135,11 +135,45 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in [low, high]. Out-of-range limits used to start a
+    server that refused every client (``--max-sessions 0``) or listened elsewhere (``--port
+    99999``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type=``: a finite time > 0 (``--idle-timeout 0`` closed every session at
+    once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _sub(subs, name: str, help_: str, description: str, example: str,
          parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    return subs.add_parser(name, help=help_, description=textwrap.fill(description, 79),
-                           parents=parents, epilog="example:\n" + example,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subs.add_parser(name, help=help_, description=textwrap.fill(description, 79),
+                        parents=parents, epilog="example:\n" + example,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def one_line_error(message: str) -> NoReturn:
+        # one line, as every other f3stream error (argparse prints the whole usage first)
+        p.exit(2, f"{p.prog}: error: {message} (see {p.prog} --help)\n")
+    p.error = one_line_error
+    return p
 
 
 def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
@@ -153,34 +187,39 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
              "(else torch).",
              "  f3stream serve --port 8765 --token SECRET\n", [model_parent])
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default: 8765; 0 = any)")
-    p.add_argument("--max-sessions", type=int, default=256, metavar="N",
+    p.add_argument("--port", type=int_at_least(0, 65535), default=8765,
+                   help="TCP port (default: 8765; 0 = any)")
+    p.add_argument("--max-sessions", type=int_at_least(1), default=256, metavar="N",
                    help="concurrent sessions; more are refused with too_many_sessions "
                         "(default: 256)")
-    p.add_argument("--max-message-bytes", type=int, default=1 << 20, metavar="BYTES",
-                   help="largest message accepted; bigger closes with 1009 (default: 1 MiB)")
-    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+    p.add_argument("--max-message-bytes", type=int_at_least(MAX_TEXT_CHARS), default=1 << 20,
+                   metavar="BYTES",
+                   help="largest message accepted; bigger closes with 1009 (default: 1 MiB; "
+                        f"at least {MAX_TEXT_CHARS}, so that a hello always fits)")
+    p.add_argument("--idle-timeout", type=positive_seconds, default=30.0, metavar="S",
                    help="close a session silent for this long (default: 30)")
-    p.add_argument("--max-session-seconds", type=float, default=4 * 3600.0, metavar="S",
-                   help="most audio one session may stream (default: 14400)")
-    p.add_argument("--send-queue", type=int, default=500, metavar="N",
+    p.add_argument("--max-session-seconds", type=positive_seconds, default=4 * 3600.0,
+                   metavar="S", help="most audio one session may stream (default: 14400)")
+    p.add_argument("--send-queue", type=int_at_least(1), default=500, metavar="N",
                    help="outgoing frames buffered per client before it is closed as a slow "
                         "reader (default: 500 = 20 s)")
-    p.add_argument("--token", default=None, help="require this token in the hello")
+    p.add_argument("--token", default=None,
+                   help="require this token in the hello, and as 'Authorization: Bearer "
+                        "TOKEN' for GET /metrics (/health stays open)")
     p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
                    help="accept browser connections only from this Origin (repeatable); "
                         "clients that send no Origin are accepted")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), default=1, metavar="N",
                    help="CPU threads of each model step: torch's and the BLAS under the numba "
                         "engine (default: 1, which leaves the other cores to the event loop; "
                         "measured best on 2 cores)")
-    p.add_argument("--model-workers", type=int, default=2, metavar="N",
+    p.add_argument("--model-workers", type=int_at_least(1), default=2, metavar="N",
                    help="model rounds computing at once, on disjoint sessions (default: 2: "
                         "input that arrives during a round starts on the other core)")
     p.add_argument("--loop", choices=eventloop.LOOPS, default="auto",
                    help="event loop: uvloop (less CPU per message), the standard asyncio "
                         "loop, or auto = uvloop when installed (default: auto)")
-    p.add_argument("--gil-switch-interval", type=float, default=0.0005, metavar="S",
+    p.add_argument("--gil-switch-interval", type=positive_seconds, default=0.0005, metavar="S",
                    help=argparse.SUPPRESS)  # see ServerConfig.gil_switch_interval
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.set_defaults(func=cmd_serve)
