@@ -722,6 +722,43 @@ def test_health_and_metrics(tiny_tokenizer):
     assert {"sessions", "frames_per_second", "latency_ms"} <= set(metrics)
 
 
+async def http_status(port: int, request: bytes) -> int | None:
+    """The status code of a raw HTTP request's answer (None: closed without one)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
+
+
+def test_http_status_codes_and_the_metrics_token(tiny_tokenizer):
+    """Unknown paths are 404 (not 426), other methods 405 (a POST with a body got no status
+    line), and with a token /metrics needs it too; /health stays open."""
+    def get(path: str, *headers: str) -> bytes:
+        return "\r\n".join([f"GET {path} HTTP/1.1", "Host: x", *headers, "", ""]).encode()
+
+    requests = {
+        "unknown path": (get("/nonexistent"), 404),
+        "post": (b"POST / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        "post with a body": (b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+                             405),
+        "metrics without the token": (get("/metrics"), 401),
+        "metrics with a wrong token": (get("/metrics", "Authorization: Bearer nope"), 401),
+        "metrics with the token": (get("/metrics", "Authorization: Bearer s3cret"), 200),
+        "health": (get("/health"), 200),
+        "demo": (get("/"), 200),
+    }
+
+    async def main():
+        async with serving(tiny_tokenizer, token="s3cret") as (srv, url):
+            got = {name: await http_status(srv.port, req) for name, (req, _) in requests.items()}
+            await stream_chunks(url, noise(0, 2000), [1000], token="s3cret")  # still serves
+            return got
+
+    got = run(main())
+    assert got == {name: want for name, (_, want) in requests.items()}
+
+
 def test_graceful_shutdown_flushes_open_sessions(tiny_tokenizer):
     wavs = [noise(20 + i, 960 * 3 + 100 * i + 1) for i in range(3)]
 

@@ -11,21 +11,27 @@ happens at them").
 * **Close deadline.** ``close()`` starts its ``close_timeout`` only after the data queued
   before the close frame has drained, so a closing connection whose peer reads nothing stayed
   open (and was read from) for as long as the peer liked. :meth:`abort_after` bounds it.
+* **Methods.** A request that is not a GET cannot be a websocket upgrade or a request for
+  /health, /metrics or the demo: it is answered 405 here (websockets' parser would drop a
+  request with a body without any status line).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
+GET = b"GET "
+
 
 class BoundedConnection(ServerConnection):
-    """A ``ServerConnection`` with a bounded pong backlog and a close deadline.
-    ``on_overflow`` is called when the pong backlog aborts it."""
+    """A ``ServerConnection`` with a bounded pong backlog, a close deadline and 405 for
+    non-GET requests. ``on_overflow`` is called when the pong backlog aborts it."""
 
     def __init__(self, *args: Any, max_pong_backlog: int,
                  on_overflow: Callable[[], None], **kwargs: Any):
@@ -34,8 +40,17 @@ class BoundedConnection(ServerConnection):
         self.on_overflow = on_overflow
         self._replies_while_paused = 0
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._head: bytes | None = b""   # the connection's first bytes, until "GET " is seen
 
     def data_received(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+            if len(data) < len(GET) and GET.startswith(data):
+                self._head = data  # wait for the rest of the method
+                return
+            if not data.startswith(GET):
+                self._refuse_method()
+                return
         before = self.transport.get_write_buffer_size()
         super().data_received(data)
         if self.paused and not self.transport.is_closing():  # count what lies above the mark
@@ -79,3 +94,10 @@ class BoundedConnection(ServerConnection):
         if self._abort_timer is not None:
             self._abort_timer.cancel()
         super().connection_lost(exc)
+
+    def _refuse_method(self) -> None:
+        response = self.protocol.reject(HTTPStatus.METHOD_NOT_ALLOWED,
+                                        "only GET is supported\n")
+        response.headers["Allow"] = "GET"
+        self.transport.write(response.serialize())
+        self.transport.close()

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -163,8 +164,22 @@ class F3Server:
                     "sessions": len(self.sessions), "protocol_version": PROTOCOL_VERSION}
             return _json_response(503 if self.shutting_down else 200, body)
         if path == "/metrics":
+            if not self._may_read_metrics(request):
+                return _json_response(401, {"error": "unauthorized", "message": "/metrics "
+                                            "needs the header 'Authorization: Bearer TOKEN'"},
+                                      (("WWW-Authenticate", "Bearer"),))
             return _json_response(200, self.metrics.snapshot(len(self.sessions)))
-        return static_response(path, request)  # the browser demo: / and /demo/...
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None  # the protocol, on any path
+        return static_response(path)  # the browser demo: / and /demo/...; else 404
+
+    def _may_read_metrics(self, request: Request) -> bool:
+        """With a token, /metrics (which tells who streams how much) needs it too."""
+        if self.cfg.token is None:
+            return True
+        given = request.headers.get_all("Authorization")
+        return len(given) == 1 and hmac.compare_digest(given[0].encode(),
+                                                       f"Bearer {self.cfg.token}".encode())
 
     # -- websocket ----------------------------------------------------------------------------
     async def _handler(self, ws: BoundedConnection) -> None:
@@ -394,12 +409,13 @@ class F3Server:
             pass
 
 
-def _json_response(status: int, body: dict[str, Any]) -> Response:
+def _json_response(status: int, body: dict[str, Any],
+                   extra_headers: tuple[tuple[str, str], ...] = ()) -> Response:
     data = json.dumps(body).encode()
     headers = Headers([("Content-Type", "application/json"),
-                       ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
-    reason = {200: "OK", 503: "Service Unavailable"}[status]
-    return Response(status, reason, headers, data)
+                       ("Content-Length", str(len(data))), ("Cache-Control", "no-store"),
+                       *extra_headers])
+    return Response(status, HTTPStatus(status).phrase, headers, data)
 
 
 async def run_server(tok: Tokenizer, host: str, port: int, config: ServerConfig | None = None,

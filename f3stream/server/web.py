@@ -1,5 +1,5 @@
 """Static files of the browser demo (``f3stream/web``), served by the server's HTTP hook:
-``GET /`` -> the demo page, ``GET /demo/NAME`` -> a file of that folder.
+``GET /`` -> the demo page, ``GET /demo/NAME`` -> a file of that folder, anything else -> 404.
 
 Only plain file names directly in the folder are served (no subfolders, no ``..``), so a
 request can never reach another file of the machine.
@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -28,17 +28,14 @@ def _response(status: int, reason: str, body: bytes, ctype: str) -> Response:
     return Response(status, reason, headers, body)
 
 
-def static_response(path: str, request: Request) -> Response | None:
-    """The demo's response to an HTTP request, or None when the request is not for it (a
-    websocket upgrade on ``/`` is left to the websocket layer)."""
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return None
+def static_response(path: str) -> Response:
+    """The response to a plain GET of ``path``: a file of the demo, or 404."""
     if path == "/":
         name = "index.html"
     elif path.startswith("/demo/"):
         name = path[len("/demo/"):] or "index.html"
     else:
-        return None
+        name = ""
     file = WEB_DIR / name
     if not _NAME.match(name) or file.suffix not in CONTENT_TYPES or not file.is_file():
         return _response(404, "Not Found", b"not found\n", "text/plain; charset=utf-8")
