@@ -931,6 +931,27 @@ def test_load_benchmark_runs_and_loses_no_frame():
     assert report["model_workers"] == 2 and report["loop"] in ("uvloop", "asyncio")
 
 
+@pytest.mark.slow
+def test_limits_benchmark_runs_and_shows_the_bounds(tiny_tokenizer, tmp_path):
+    """benchmarks/server_limits.py end to end, short: against `f3stream serve`, the ping
+    flooder is aborted and the slow reader gets nothing more read after its 4008."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ckpt = tiny_tokenizer.save(tmp_path / "tiny")
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "server_limits.py"),
+                          "--duration", "3", "--checkpoint", str(ckpt)], capture_output=True,
+                         text=True, timeout=300, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    flood, slow = json.loads(out.stdout)["runs"]
+    assert flood["attacker_closed_after_s"] is not None and flood["healthy_frames_lost"] == 0
+    assert slow["after_close_decision"]["bytes_read_by_server"] < 1 << 20
+
+
 def test_serve_thread_limit_reaches_the_blas_of_the_numba_engine(tiny_config):
     """`serve --threads 1` must also limit the BLAS that numba's products call (its own pool
     ignores torch.set_num_threads and took both cores: docs/server.md)."""
