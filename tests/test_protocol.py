@@ -1,4 +1,4 @@
-"""Protocol v1 parsing and encoding (f3stream.server.protocol): the documented codes, frame
+"""Protocol v1 and v2 parsing and encoding (f3stream.server.protocol): the documented codes, frame
 round trips, and fuzzing that every malformed input raises ProtocolError and nothing else."""
 
 import json
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from f3stream.server.protocol import (ERROR_CODES, HEADER_SIZE, KIND_BOTH, DTYPE_FLOAT16,
                                       DTYPE_FLOAT32, Hello, ProtocolError, decode_audio,
                                       decode_latents, encode_frame, parse_control, parse_frame,
-                                      parse_hello, parse_text, percentile)
+                                      parse_hello, parse_text, percentile, SAMPLE_RATES)
 
 SR = 24000
 
@@ -44,7 +44,12 @@ def test_hello_defaults_and_full():
     (hello(sample_rate=16000), "bad_sample_rate"),
     (hello(sample_rate="24000"), "bad_field"),
     (hello(sample_rate=True), "bad_field"),
-    (hello(version=2), "unsupported_version"),
+    (hello(version=3), "unsupported_version"),
+    (hello(format="mulaw"), "bad_field"),                        # v1 has no G.711
+    (hello(version=2, sample_rate=12345), "bad_sample_rate"),
+    (hello(version=2, sample_rate=0), "bad_sample_rate"),
+    (hello(version=2, sample_rate=48000.0), "bad_field"),
+    (hello(version=2, format="ulaw"), "bad_field"),
     (hello(version=None), "bad_field"),
     (hello(format="mp3"), "bad_field"),
     (hello(**{"return": ["latents"]}), "bad_field"),
@@ -61,6 +66,23 @@ def test_bad_hello_codes(obj, code):
 def test_wrong_rate_message_says_no_resampling():
     with pytest.raises(ProtocolError, match="does not resample"):
         parse_hello(hello(sample_rate=48000), SR)
+
+
+@pytest.mark.parametrize("rate", SAMPLE_RATES)
+@pytest.mark.parametrize("fmt", ["pcm16", "float32", "mulaw", "alaw"])
+def test_v2_hello_takes_every_rate_and_format(rate, fmt):
+    h = parse_hello(hello(version=2, sample_rate=rate, format=fmt), SR)
+    assert (h.version, h.sample_rate, h.format) == (2, rate, fmt)
+    assert parse_hello(json.loads(h.to_json()), SR) == h
+
+
+def test_g711_audio_decoding():
+    # 0xFF/0x7F are mu-law's +0/-0, 0x80/0x00 its extremes; 0xD5/0x55 A-law's smallest steps
+    np.testing.assert_array_equal(decode_audio(bytes([0xFF, 0x7F, 0x80, 0x00]), "mulaw"),
+                                  np.array([0, 0, 32124, -32124]) / 32768.0)
+    np.testing.assert_array_equal(decode_audio(bytes([0xD5, 0x55, 0xAA, 0x2A]), "alaw"),
+                                  np.array([8, -8, 32256, -32256]) / 32768.0)
+    assert decode_audio(b"\x01", "mulaw").shape == (1,)  # one byte, one sample
 
 
 @pytest.mark.parametrize("text, code", [
@@ -133,9 +155,9 @@ json_values = st.recursive(
     max_leaves=12)
 hello_like = st.fixed_dictionaries(
     {}, optional={"type": st.sampled_from(["hello", "flush", "x"]) | json_values,
-                  "version": st.sampled_from([1, 2, 0]) | json_values,
-                  "sample_rate": st.sampled_from([SR, 16000]) | json_values,
-                  "format": st.sampled_from(["pcm16", "float32"]) | json_values,
+                  "version": st.sampled_from([1, 2, 3, 0]) | json_values,
+                  "sample_rate": st.sampled_from([SR, 16000, 8000, 11025]) | json_values,
+                  "format": st.sampled_from(["pcm16", "float32", "mulaw", "alaw"]) | json_values,
                   "return": st.sampled_from(["latents", "both"]) | json_values,
                   "direction": st.sampled_from(["encode", "decode"]) | json_values,
                   "payload_dtype": st.sampled_from(["float16"]) | json_values,
@@ -167,7 +189,7 @@ def test_fuzz_hello_and_control(obj):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300), st.sampled_from(["pcm16", "float32"]),
+@given(st.binary(max_size=300), st.sampled_from(["pcm16", "float32", "mulaw", "alaw"]),
        st.integers(1, 8))
 def test_fuzz_binary_input(data, fmt, dim):
     for fn in (lambda: decode_audio(data, fmt), lambda: decode_latents(data, dim)):

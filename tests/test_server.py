@@ -21,7 +21,9 @@ pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
+from f3stream import g711  # noqa: E402
 from f3stream.errors import F3StreamError  # noqa: E402
+from f3stream.resampling import StreamResampler, stream_latency_ms  # noqa: E402
 from f3stream.server import eventloop  # noqa: E402
 from f3stream.server.client import (AsyncClient, Client, ServerError,  # noqa: E402
                                     decode_latents_remote, stream_audio)
@@ -287,6 +289,89 @@ def test_decode_direction_equals_tokenizer_decode(tiny_tokenizer):
         assert np.abs(audio - ref).max() <= TOL
 
 
+# -- protocol version 2: client rates and G.711 ------------------------------------------------
+def offline_resampled(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+    """What one streaming resampler gives for the whole of ``x`` (the server's per-session
+    resampler, fed at once)."""
+    r = StreamResampler(in_rate, out_rate)
+    return np.concatenate([r.process(x), r.flush()])
+
+
+@pytest.mark.parametrize("rate, fmt, seed", [(8000, "mulaw", 0), (8000, "alaw", 1),
+                                             (16000, "pcm16", 2), (22050, "float32", 3),
+                                             (44100, "float32", 4), (48000, "pcm16", 5),
+                                             (24000, "mulaw", 6)])
+def test_v2_stream_at_client_rate_equals_offline_resampler_and_encode(tiny_tokenizer, rate, fmt,
+                                                                      seed):
+    """Random chunkings, reset, flush, a second stream: each stream's latents equal the same
+    streaming resampler over the whole signal followed by Tokenizer.encode."""
+    rng = np.random.RandomState(seed)
+    w1, w2 = noise(seed, int(rng.randint(rate // 2, 2 * rate))), noise(seed + 9, rate // 3)
+    sizes = [int(s) for s in rng.randint(1, rate // 10, size=5)]
+
+    def as_sent(x):  # what the server decodes from the message bytes
+        if fmt in g711.LAWS:
+            return g711.decode(g711.encode(x, fmt), fmt)
+        return np.round(x * 32768) / 32768 if fmt == "pcm16" else x
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            async with AsyncClient(url, returns="latents", format=fmt, sample_rate=rate) as c:
+                await c.send_audio(noise(99, rate // 50))  # 20 ms, no frame: dropped by reset
+                await c.reset()
+                results = []
+                for w in (w1, w2):
+                    a, i = 0, 0
+                    while a < w.size:
+                        await c.send_audio(w[a:a + sizes[i % len(sizes)]])
+                        a, i = a + sizes[i % len(sizes)], i + 1
+                    await c.flush()
+                    results.append(c.result())
+                    await c.reset()
+                    c.messages.clear()
+                return c.ready, results
+
+    ready, results = run(main())
+    assert ready["version"] == 2 and ready["client_sample_rate"] == rate
+    assert ready["resampler_latency_ms"] == stream_latency_ms(rate, 24000)
+    for w, res in zip((w1, w2), results):
+        ref = tiny_tokenizer.encode(offline_resampled(as_sent(w), rate, 24000))
+        assert res.latents.shape == ref.shape
+        assert np.abs(res.latents - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_v2_decode_returns_audio_at_client_rate(tiny_tokenizer, rate):
+    lat = tiny_tokenizer.encode(noise(8, 20000))
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            return [await decode_latents_remote(url, lat, frames_per_message=n,
+                                                sample_rate=rate) for n in (1, 3)]
+
+    ref = offline_resampled(tiny_tokenizer.decode(lat), 24000, rate)
+    for audio in run(main()):
+        assert audio.shape == ref.shape
+        assert np.abs(audio - ref).max() <= TOL
+
+
+def test_v1_client_is_unaffected_by_v2(tiny_tokenizer):
+    """A version-1 hello gets version 1's ready (no version-2 fields) and the same frames."""
+    wav = noise(4, 30000)
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            async with AsyncClient(url, version=1, returns="latents") as c:
+                await c.send_audio(wav)
+                await c.flush()
+                return c.ready, c.result()
+
+    ready, res = run(main())
+    assert ready["version"] == 1 and ready["sample_rate"] == 24000
+    assert "client_sample_rate" not in ready and "resampler_latency_ms" not in ready
+    assert_matches(tiny_tokenizer, wav, res, "latents")
+
+
 def test_concurrent_decode_clients_are_batched_and_exact(tiny_tokenizer, monkeypatch):
     """Decode-direction sessions share a state pool and are decoded in batched steps; each
     client still gets exactly Tokenizer.decode of its latents."""
@@ -369,6 +454,12 @@ HOSTILE = {
     "wrong_sample_rate": ([hello(sample_rate=16000)], "bad_sample_rate", 4000),
     "wrong_version": ([hello(version=9)], "unsupported_version", 4000),
     "bad_field": ([hello(format="mp3")], "bad_field", 4000),
+    "v1_mulaw": ([hello(format="mulaw")], "bad_field", 4000),
+    "v2_unknown_rate": ([hello(version=2, sample_rate=11025)], "bad_sample_rate", 4000),
+    "v2_rate_not_int": ([hello(version=2, sample_rate="8000")], "bad_field", 4000),
+    "v2_unknown_format": ([hello(version=2, format="g722")], "bad_field", 4000),
+    "v2_odd_pcm16_at_8k": ([hello(version=2, sample_rate=8000), b"\x00" * 101], "bad_audio",
+                           4004),
     "odd_pcm16_bytes": ([hello(), b"\x00" * 101], "bad_audio", 4004),
     "nan_float32": ([hello(format="float32"), NAN_F32], "bad_audio", 4004),
     "inf_float32": ([hello(format="float32"), np.array([np.inf], "<f4").tobytes()],
@@ -718,6 +809,7 @@ def test_health_and_metrics(tiny_tokenizer):
 
     health, metrics = run(main())
     assert health["status"] == "ok" and health["protocol_version"] == 1
+    assert health["protocol_versions"] == [1, 2]
     assert metrics["frames_total"] == 25 and metrics["latency_ms"]["p50"] is not None
     assert {"sessions", "frames_per_second", "latency_ms"} <= set(metrics)
 

@@ -79,7 +79,7 @@ def _decode_group(tok: Tokenizer, group: list[Work]) -> None:
     for w, wav in zip(group, results):
         if wav is not None:
             start = w.session.coder.frames_received - w.data.shape[0]
-            _emit_audio(w, start, wav, w.marks[-1][1])
+            _emit_audio(w, start, w.session.resample(wav), w.marks[-1][1])
 
 
 def _encode_group(tok: Tokenizer, group: list[Work]) -> None:
@@ -112,6 +112,8 @@ def _control(w: Work) -> None:
     op, coder = w.control, w.session.coder
     if op.kind == "reset":
         coder.reset()
+        if not w.session.encoder and w.session.resampler is not None:
+            w.session.resampler.reset()  # (an encoder's is reset as the reset arrives)
         w.out.append(("json", {"type": "reset"}))
         return
     # flush, close and shutdown all end the stream first (flush is idempotent)
@@ -121,7 +123,9 @@ def _control(w: Work) -> None:
             if r.n_frames:
                 _emit_frames(w, r, op.recv_us, final=True)
         else:
-            _emit_audio(w, coder.frames_received, coder.flush(), op.recv_us, final=True)
+            tail = w.session.resample(coder.flush())
+            _emit_audio(w, coder.frames_received, np.concatenate([tail, w.session.resample_tail()]),
+                        op.recv_us, final=True)
     frames = coder.frames_emitted if w.session.encoder else coder.frames_received
     w.out.append(("json", {"type": "flushed", "frames": int(frames)}))
     if op.kind == "close":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,11 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from .. import g711
 from ..errors import F3StreamError
 from ..session import EncodedFrames
-from .protocol import (KIND_AUDIO, KIND_BOTH, KIND_LATENTS, FrameMessage, Hello, ProtocolError,
-                       parse_frame)
+from .protocol import (KIND_AUDIO, KIND_BOTH, KIND_LATENTS, PROTOCOL_VERSION, FrameMessage, Hello,
+                       ProtocolError, parse_frame)
 
 
 class ServerError(F3StreamError):
@@ -43,7 +45,7 @@ class StreamResult:
     messages: int = 0
     latency_ms: list[float] = field(default_factory=list)         # client send -> receive
     server_latency_ms: list[float] = field(default_factory=list)  # header send_us - recv_us
-    sample_rate: int = 24000
+    sample_rate: int = 24000       # of ``audio``: the client's rate (protocol version 2)
     frame_rate: int = 25
 
     @property
@@ -65,10 +67,12 @@ class AsyncClient:
     def __init__(self, url: str, *, direction: str = "encode", returns: str = "both",
                  format: str = "float32", payload_dtype: str = "float32",
                  token: str | None = None, sample_rate: int = 24000,
-                 open_timeout: float = 10.0, max_size: int | None = 1 << 24):
+                 open_timeout: float = 10.0, max_size: int | None = 1 << 24,
+                 version: int = PROTOCOL_VERSION):
         self.url = url
-        self.hello = Hello(sample_rate=sample_rate, format=format, returns=returns,
-                           direction=direction, payload_dtype=payload_dtype, token=token)
+        self.hello = Hello(version=version, sample_rate=sample_rate, format=format,
+                           returns=returns, direction=direction, payload_dtype=payload_dtype,
+                           token=token)
         self.open_timeout = open_timeout
         self.max_size = max_size
         self.ws: ClientConnection | None = None
@@ -141,16 +145,23 @@ class AsyncClient:
             self._closed.set()
             self._flushed.set()
 
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the audio this client sends or receives (the hello's)."""
+        return self.hello.sample_rate
+
     def _latency(self, m: FrameMessage, t: float) -> None:
         """Time from sending the chunk that completed the message's last frame to now (for
         audio: the latent message that completed the audio's last frame)."""
         if m.final:
             return
-        hop = int(self.ready.get("hop_length", 1))
+        # a frame's samples at the client's rate (version 2 may resample)
+        hop = (int(self.ready.get("hop_length", 1)) * self.sample_rate
+               / int(self.ready.get("sample_rate", self.sample_rate)))
         if m.kind == KIND_AUDIO:  # frame_index = first latent frame; positions are frames
-            end = m.frame_index + -(-m.payload.shape[1] // hop)
+            end = m.frame_index + math.ceil(m.payload.shape[1] / hop)
         else:
-            end = (m.frame_index + m.n_rows) * hop
+            end = math.ceil((m.frame_index + m.n_rows) * hop)
         k = bisect.bisect_left(self._marks, end)
         if k < len(self._times):
             self.latency_ms.append((t - self._times[k]) * 1000.0)
@@ -163,7 +174,9 @@ class AsyncClient:
     async def send_audio(self, pcm: np.ndarray) -> None:
         """Sends mono samples (float in [-1, 1] or int16) in the handshake's format."""
         x = np.asarray(pcm)
-        if self.hello.format == "pcm16":
+        if self.hello.format in g711.LAWS:
+            data = g711.encode(x, self.hello.format)
+        elif self.hello.format == "pcm16":
             if x.dtype != np.int16:
                 x = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
             data = x.astype("<i2").tobytes()
@@ -209,7 +222,7 @@ class AsyncClient:
 
     def result(self) -> StreamResult:
         """Reassembles the received frames (by frame index) and the latencies."""
-        res = StreamResult(sample_rate=int(self.ready.get("sample_rate", 24000)),
+        res = StreamResult(sample_rate=self.sample_rate,
                            frame_rate=int(self.ready.get("frame_rate", 25)))
         lat, rep, audio = [], [], []
         ld = int(self.ready.get("latent_dim", 0))
@@ -238,10 +251,11 @@ class AsyncClient:
 
 async def stream_audio(url: str, audio: np.ndarray, *, chunk_ms: float = 20.0,
                        realtime: bool = True, **client_kw: Any) -> StreamResult:
-    """Streams ``audio`` (24 kHz mono) in chunks of ``chunk_ms``, paced in real time unless
-    ``realtime`` is False, flushes, closes, and returns the tokens and latencies."""
+    """Streams ``audio`` (mono, at ``sample_rate``, default 24 kHz) in chunks of ``chunk_ms``,
+    paced in real time unless ``realtime`` is False, flushes, closes, and returns the tokens
+    and latencies."""
     async with AsyncClient(url, **client_kw) as c:
-        step = max(1, int(round(c.ready["sample_rate"] * chunk_ms / 1000.0)))
+        step = max(1, int(round(c.sample_rate * chunk_ms / 1000.0)))
         t0 = time.perf_counter()
         for i, a in enumerate(range(0, len(audio), step)):
             if realtime:

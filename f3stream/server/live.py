@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..resampling import StreamResampler
 from .protocol import DTYPES, ERROR_CODES, Hello, error_message
 
 
@@ -98,7 +99,7 @@ class LiveSession:
     """A connected, handshaken client."""
 
     def __init__(self, sid: int, ws: Any, hello: Hello, coder: Any, outbox_limit: int,
-                 frame_length: int, close_timeout: float):
+                 frame_length: int, close_timeout: float, model_rate: int):
         self.id = sid
         self.ws = ws                       # a BoundedConnection
         self.close_timeout = close_timeout
@@ -122,6 +123,30 @@ class LiveSession:
         self.last_input = 0.0              # event-loop time of the last message
         self.space = asyncio.Event()       # set when the inbox has room again
         self.space.set()
+        # protocol version 2 at another rate: the client's audio to the model's rate (encode,
+        # used by the handler) or the decoder's audio to the client's rate (decode, used by
+        # the batcher); one stream's state, like the coder's
+        self.resampler: StreamResampler | None = None
+        if hello.sample_rate != model_rate:
+            self.resampler = (StreamResampler(hello.sample_rate, model_rate) if self.encoder
+                              else StreamResampler(model_rate, hello.sample_rate))
+
+    # -- resampling (protocol version 2) ------------------------------------------------------
+    def resample(self, x: np.ndarray) -> np.ndarray:
+        """The output the resampler completes with ``x`` (``x`` itself without one)."""
+        return x if self.resampler is None else self.resampler.process(x)
+
+    def resample_tail(self) -> np.ndarray:
+        """Ends the resampler's stream: its held-back output (empty without one)."""
+        return np.zeros(0, np.float32) if self.resampler is None else self.resampler.flush()
+
+    def end_input(self, recv_us: int) -> None:
+        """Before a flush, close or shutdown of an encode stream: queues the input resampler's
+        held-back tail, so the stream's last samples reach the model."""
+        if self.encoder and self.stream_open:
+            tail = self.resample_tail()
+            if tail.size:
+                self.enqueue(Op("data", recv_us, tail))
 
     # -- input side (handler) -----------------------------------------------------------------
     def enqueue(self, op: Op) -> bool:

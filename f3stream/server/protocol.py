@@ -1,4 +1,4 @@
-"""The f3stream live protocol, version 1: pure parsing and encoding, no I/O.
+"""The f3stream live protocol, versions 1 and 2: pure parsing and encoding, no I/O.
 
 Kept free of sockets and asyncio so it can be unit-tested and fuzzed on its own; the server
 and the client both build on it. See docs/protocol.md for the specification. Every malformed
@@ -15,10 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from .. import g711
 from ..audio import as_mono_float32, check_latent_values
 from ..errors import AudioInputError, F3StreamError
 
-PROTOCOL_VERSION = 1
+#: the newest version; a server also speaks every one in SUPPORTED_VERSIONS
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+#: client rates version 2 accepts (the server resamples them to and from the model's rate)
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+#: the binary frame layout's version (the header byte): unchanged by protocol version 2
+FRAME_VERSION = 1
 MAGIC = b"F3ST"
 
 # -- binary frame header ----------------------------------------------------------------------
@@ -61,7 +68,7 @@ ERROR_CODES: dict[str, int] = {
     "unknown_field": CLOSE_PROTOCOL,       # a field this version does not define
     "bad_field": CLOSE_PROTOCOL,           # a field with a wrong type or value
     "unsupported_version": CLOSE_PROTOCOL,
-    "bad_sample_rate": CLOSE_PROTOCOL,     # the server does not resample
+    "bad_sample_rate": CLOSE_PROTOCOL,     # v1: not the model's rate; v2: not in SAMPLE_RATES
     "not_ready": CLOSE_PROTOCOL,           # audio/control before the hello
     "duplicate_hello": CLOSE_PROTOCOL,
     "session_closed": CLOSE_PROTOCOL,      # audio after flush without reset
@@ -96,7 +103,8 @@ class ProtocolError(F3StreamError, ValueError):
 # -- handshake --------------------------------------------------------------------------------
 HELLO_FIELDS = {"type", "version", "sample_rate", "format", "return", "direction",
                 "payload_dtype", "token"}
-FORMATS = ("pcm16", "float32")
+FORMATS = ("pcm16", "float32")                 # version 1
+FORMATS_V2 = (*FORMATS, *g711.LAWS)            # version 2 adds G.711 "mulaw" and "alaw"
 RETURNS = ("latents", "representations", "both")
 DIRECTIONS = ("encode", "decode")
 
@@ -172,22 +180,27 @@ def parse_hello(obj: dict[str, Any], expected_sample_rate: int) -> Hello:
     version = obj.get("version")
     if not _is_int(version):
         raise ProtocolError("bad_field", '"version" must be an integer')
-    if version != PROTOCOL_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise ProtocolError("unsupported_version", f"protocol version {version} is not "
                                                    f"supported; this server speaks "
-                                                   f"{PROTOCOL_VERSION}")
+                                                   f"{list(SUPPORTED_VERSIONS)}")
     sr = obj.get("sample_rate")
     if not _is_int(sr):
         raise ProtocolError("bad_field", '"sample_rate" must be an integer (Hz)')
-    if sr != expected_sample_rate:
+    if version == 1 and sr != expected_sample_rate:
         raise ProtocolError("bad_sample_rate", f"sample_rate {sr} Hz is not supported: the model "
-                                               f"runs at {expected_sample_rate} Hz and the server "
-                                               "does not resample; resample on the client")
+                                               f"runs at {expected_sample_rate} Hz and protocol "
+                                               "version 1 does not resample; resample on the "
+                                               "client, or say version 2 to use one of "
+                                               f"{list(SAMPLE_RATES)}")
+    if version >= 2 and sr not in SAMPLE_RATES and sr != expected_sample_rate:
+        raise ProtocolError("bad_sample_rate", f"sample_rate {sr} Hz is not supported; version "
+                                               f"{version} takes {list(SAMPLE_RATES)}")
     token = obj.get("token")
     if token is not None and not isinstance(token, str):
         raise ProtocolError("bad_field", '"token" must be a string')
     return Hello(version=version, sample_rate=sr,
-                 format=_choice(obj, "format", FORMATS),
+                 format=_choice(obj, "format", FORMATS if version == 1 else FORMATS_V2),
                  returns=_choice(obj, "return", RETURNS),
                  direction=_choice(obj, "direction", DIRECTIONS),
                  payload_dtype=_choice(obj, "payload_dtype", tuple(DTYPES)),
@@ -233,7 +246,8 @@ def error_message(code: str, message: str) -> str:
 def decode_audio(data: Any, fmt: str) -> np.ndarray:
     """A binary audio message -> float32 samples, under the library's audio contract
     (:func:`f3stream.audio.as_mono_float32`: pcm16 is scaled by 1/32768; float32 beyond
-    [-1, 1] is clipped up to ±4 and rejected beyond, as NaN/Inf is)."""
+    [-1, 1] is clipped up to ±4 and rejected beyond, as NaN/Inf is; G.711 bytes decode to
+    16-bit values, scaled the same way)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("bad_audio", "audio must be sent as a binary message")
     n = memoryview(data).nbytes
@@ -247,6 +261,8 @@ def decode_audio(data: Any, fmt: str) -> np.ndarray:
             raise ProtocolError("bad_audio", f"float32 audio needs a multiple of 4 bytes, got "
                                              f"{n}")
         x = np.frombuffer(data, dtype="<f4").copy()  # writable, like every array we hand on
+    elif fmt in g711.LAWS:
+        return g711.decode(data, fmt)  # every byte is a valid sample
     else:
         raise ProtocolError("bad_field", f"unknown audio format {fmt!r}")
     try:
@@ -297,7 +313,7 @@ def encode_frame(kind: int, seq: int, frame_index: int, payload: np.ndarray, dty
     if payload.ndim != 2:
         raise ValueError("payload must be 2-D")
     n, w = payload.shape
-    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, dtype, FLAG_FINAL if final else 0,
+    head = HEADER.pack(MAGIC, FRAME_VERSION, kind, dtype, FLAG_FINAL if final else 0,
                        seq & 0xFFFFFFFF, frame_index, n, w, recv_us, send_us)
     return head + np.ascontiguousarray(payload, dtype=NP_DTYPES[dtype]).tobytes()
 
@@ -314,7 +330,7 @@ def parse_frame(data: Any) -> FrameMessage:
         HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ProtocolError("bad_message", f"bad magic {magic!r}")
-    if version != PROTOCOL_VERSION:
+    if version != FRAME_VERSION:
         raise ProtocolError("unsupported_version", f"frame version {version}")
     if kind not in KINDS:
         raise ProtocolError("bad_message", f"unknown frame kind {kind}")

@@ -24,13 +24,14 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..resampling import stream_latency_ms
 from ..session import DecoderSession, DecoderStatePool, EncoderSession, EncoderStatePool
 from ..tokenizer import Tokenizer
 from .batcher import Batcher
 from .connection import BoundedConnection
 from .live import LiveSession, Op, Work, now_us
 from .metrics import Metrics
-from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, PROTOCOL_VERSION, HEADER_SIZE,
+from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, HEADER_SIZE, SUPPORTED_VERSIONS,
                        ProtocolError, decode_audio, decode_latents, encode_frame, error_message,
                        parse_control, parse_hello, parse_text)
 from .web import static_response
@@ -127,6 +128,7 @@ class F3Server:
         self._ws.close(close_connections=False)  # stop listening; handlers keep running
         for s in list(self.sessions.values()):
             if not s.dead:
+                s.end_input(now_us())
                 s.enqueue(Op("shutdown", now_us()))
                 s.dead = True  # no more input
         self.batcher.wake.set()
@@ -161,7 +163,10 @@ class F3Server:
         path = request.path.split("?", 1)[0]
         if path == "/health":
             body = {"status": "shutting_down" if self.shutting_down else "ok",
-                    "sessions": len(self.sessions), "protocol_version": PROTOCOL_VERSION}
+                    "sessions": len(self.sessions),
+                    # version 1's field, kept for its monitors; every version is listed after it
+                    "protocol_version": SUPPORTED_VERSIONS[0],
+                    "protocol_versions": list(SUPPORTED_VERSIONS)}
             return _json_response(503 if self.shutting_down else 200, body)
         if path == "/metrics":
             if not self._may_read_metrics(request):
@@ -250,7 +255,7 @@ class F3Server:
         sid = next(self._ids)
         session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue,
                               self.tok.hop_length if hello.direction == "encode" else 1,
-                              self.cfg.close_timeout)
+                              self.cfg.close_timeout, self.tok.sample_rate)
         self.sessions[sid] = session
         self.metrics.sessions_total += 1
         session.send_text(json.dumps(self._ready(session)), force=True)
@@ -275,7 +280,7 @@ class F3Server:
         tok = self.tok
         width = {1: tok.latent_dim, 2: tok.representation_dim,
                  3: tok.latent_dim + tok.representation_dim, 4: 0}[s.hello.output_kind]
-        return {"type": "ready", "version": PROTOCOL_VERSION, "session": s.id,
+        ready = {"type": "ready", "version": s.hello.version, "session": s.id,
                 "sample_rate": tok.sample_rate, "frame_rate": tok.frame_rate,
                 "hop_length": tok.hop_length, "latent_dim": tok.latent_dim,
                 "representation_dim": tok.representation_dim, "direction": s.hello.direction,
@@ -284,6 +289,12 @@ class F3Server:
                 "row_width": width, "header_bytes": HEADER_SIZE,
                 "max_message_bytes": self.cfg.max_message_bytes,
                 "decoder_delay": tok.config.autoencoder.decoder_delay}
+        if s.hello.version >= 2:  # the client's rate, and the latency its resampling adds
+            rates = ((s.hello.sample_rate, tok.sample_rate) if s.encoder
+                     else (tok.sample_rate, s.hello.sample_rate))
+            ready.update(client_sample_rate=s.hello.sample_rate,
+                         resampler_latency_ms=stream_latency_ms(*rates))
+        return ready
 
     async def _read(self, ws: BoundedConnection, s: LiveSession) -> None:
         """Reads the session's input until it is closing, then waits for the close: a closing
@@ -310,6 +321,10 @@ class F3Server:
             try:
                 if isinstance(msg, str):
                     kind = parse_control(parse_text(msg))
+                    if kind == "reset" and s.encoder and s.resampler is not None:
+                        s.resampler.reset()
+                    elif kind != "reset":
+                        s.end_input(recv_us)
                     wake = s.enqueue(Op(kind, recv_us))
                     if kind == "close":
                         s.dead = True  # flush, say goodbye, close: ignore anything after
@@ -318,7 +333,7 @@ class F3Server:
                         raise ProtocolError("session_closed", "the stream was flushed; send "
                                                               '{"type": "reset"} to start a '
                                                               "new one")
-                    data = (decode_audio(msg, s.hello.format) if s.encoder
+                    data = (s.resample(decode_audio(msg, s.hello.format)) if s.encoder
                             else decode_latents(msg, self.tok.latent_dim))
                     if s.total_in + data.shape[0] > limit:
                         raise ProtocolError("session_too_long", "the session exceeded "
