@@ -204,3 +204,17 @@ def test_csv_log_gains_new_columns_on_resume(tmp_path):
     log.write({"step": 3, "loss": "0.3", "band": "0.2"})
     lines = (tmp_path / "log.csv").read_text().splitlines()
     assert lines == ["step,loss,band", "1,0.5,", "2,0.4,0.1", "3,0.3,0.2"]
+
+
+def test_stage1_mix_keeps_transcribed_and_samples_the_rest():
+    from training.data.mix import mix
+
+    base = [Clip("b.wav", "a sentence", "espeak", "test")]
+    real = ([Clip(f"t{i}.wav", "word", "r1", "train") for i in range(3)]
+            + [Clip(f"u{i}.wav", "", "r2", "train") for i in range(10)]
+            + [Clip("held.wav", "word", "r3", "test")])
+    out = mix(base, real, untranscribed=4, seed=1)
+    assert out[:4] == base + real[:3]
+    assert len(out) == 8 and all(not c.text for c in out[4:])
+    assert all(c.split == "train" for c in out[1:])       # held-out real voices stay out
+    assert out == mix(base, real, untranscribed=4, seed=1)
