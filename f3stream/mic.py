@@ -6,7 +6,8 @@ Pipeline (three threads, none of them waits on another for long):
   ``put_nowait``. It never blocks: when the queue is full (the model cannot keep up) the block
   is dropped and counted, so a slow machine shows ``dropped N`` instead of hanging the device.
 * A worker thread resamples to the model's rate when the device cannot capture at it
-  (:class:`StreamingResampler`, a stateful polyphase FIR), quantises to the 16-bit grid (so
+  (:class:`~f3stream.resampling.StreamResampler`, libsoxr's streaming resampler, the one files
+  and the server use; docs/benchmarks.md compares it with the FIR it replaced), quantises to the 16-bit grid (so
   ``captured.wav`` holds exactly the samples the tokenizer saw), and pushes one 40 ms frame at a
   time through an :class:`~f3stream.session.EncoderSession`, timing each frame. With playback
   it also decodes each frame and hands the PCM to the output stream's callback.
@@ -32,13 +33,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import F3StreamError
+from .resampling import StreamResampler, stream_latency_ms
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -131,72 +132,6 @@ def list_devices() -> str:
         return str(sd.query_devices())
     except sd.PortAudioError as e:
         raise MicError(f"cannot list audio devices: {_one_line(e)}") from None
-
-
-# -- streaming resampler -----------------------------------------------------------------------
-class StreamingResampler:
-    """Stateful polyphase FIR resampler by the rational factor ``out_rate / in_rate``.
-
-    Why not ``scipy.signal.resample_poly`` per block: that treats every block as a separate
-    signal (edge effects at each block boundary). This keeps the last ``taps_per_phase - 1``
-    input samples between calls, so feeding a signal in chunks of any sizes gives the same
-    output as feeding it at once. Kaiser-windowed sinc, cutoff just below the lower Nyquist
-    frequency; the group delay (:attr:`delay_seconds`) is under a millisecond.
-    """
-
-    def __init__(self, in_rate: int, out_rate: int, zero_crossings: int = 16,
-                 beta: float = 8.6, rolloff: float = 0.94):
-        from scipy.signal import firwin
-
-        if in_rate <= 0 or out_rate <= 0:
-            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
-        g = gcd(int(in_rate), int(out_rate))
-        self.in_rate, self.out_rate = int(in_rate), int(out_rate)
-        self.up, self.down = self.out_rate // g, self.in_rate // g
-        wide = max(self.up, self.down)
-        self.taps_per_phase = int(math.ceil(2 * zero_crossings * wide / self.up))
-        n_taps = self.taps_per_phase * self.up
-        h = firwin(n_taps, rolloff / wide, window=("kaiser", beta)) * self.up
-        # phase p, tap k -> h[p + k * up]; output n uses phase (n*down) % up
-        self._poly = np.ascontiguousarray(
-            h.reshape(self.taps_per_phase, self.up).T, dtype=np.float64)
-        self.delay_seconds = (n_taps - 1) / 2 / (self.up * self.in_rate)
-        self.reset()
-
-    def reset(self) -> None:
-        self._hist = np.zeros(self.taps_per_phase - 1, dtype=np.float64)
-        self._n_in = 0       # real input samples consumed
-        self._n_out = 0      # next output sample index
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Feeds a chunk (any length); returns every output sample it completed."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        if self.up == self.down:
-            return x.astype(np.float32)
-        k = self.taps_per_phase
-        buf = np.concatenate([self._hist, x])
-        buf_start = self._n_in - (k - 1)              # absolute index of buf[0]
-        last = self._n_in + x.size - 1                # last absolute input index available
-        n_end = ((last + 1) * self.up + self.down - 1) // self.down
-        n = np.arange(self._n_out, n_end, dtype=np.int64)
-        pos = n * self.down
-        base, phase = pos // self.up, pos % self.up
-        idx = (base - buf_start)[:, None] - np.arange(k)[None, :]
-        y = np.einsum("nk,nk->n", buf[idx], self._poly[phase]) if n.size else np.zeros(0)
-        self._hist = buf[buf.size - (k - 1):]
-        self._n_in += x.size
-        self._n_out = int(n_end)
-        return y.astype(np.float32)
-
-    def flush(self) -> np.ndarray:
-        """Pushes zeros to drain the filter: the total output then covers the input's length
-        plus the group delay."""
-        if self.up == self.down:
-            return np.zeros(0, dtype=np.float32)
-        target = int(math.ceil((self._n_in + self.delay_seconds * self.in_rate)
-                               * self.up / self.down))
-        tail = self.process(np.zeros(self.taps_per_phase, dtype=np.float64))
-        return tail[:max(0, target - (self._n_out - tail.size))]
 
 
 def quantize_int16(x: np.ndarray) -> np.ndarray:
@@ -316,8 +251,9 @@ class MicPipeline:
         self.hop = tok.hop_length
         self.rate = tok.sample_rate
         self.capture_rate = capture_rate
-        self.resampler = (StreamingResampler(capture_rate, self.rate)
+        self.resampler = (StreamResampler(capture_rate, self.rate)
                           if capture_rate != self.rate else None)
+        self._n_resampler_in = 0                  # captured samples given to the resampler
         self.session = tok.session(representations=representations)
         self.decoder = tok.decoder_session() if decode or playback is not None else None
         self.playback = playback
@@ -329,7 +265,7 @@ class MicPipeline:
         self.recon: list[np.ndarray] = []
         self._pending = np.zeros(0, dtype=np.float32)
         self._n_fed = 0                           # model-rate samples fed so far
-        self._times: deque = deque()              # (end sample index, capture time of end-1)
+        self._times: deque = deque()              # (end position, capture time of end - 1)
         self.error: BaseException | None = None
         self.samples_in = 0                       # captured samples, dropped ones included
         self._thread = threading.Thread(target=self._run, name="f3stream-mic-worker",
@@ -361,10 +297,17 @@ class MicPipeline:
             self.error = e
 
     def _process(self, block: np.ndarray, t_last: float) -> None:
-        x = self.resampler.process(block) if self.resampler is not None else block
-        self._feed(quantize_int16(x), t_last)
+        if self.resampler is None:
+            self._feed(quantize_int16(block), t_last, self._n_fed + block.size)
+            return
+        # the resampler holds output back (its latency), so the block's last captured sample
+        # is at this model-rate position, beyond the output it returns now
+        self._n_resampler_in += block.size
+        end = self._n_resampler_in * self.rate // self.capture_rate
+        self._feed(quantize_int16(self.resampler.process(block)), t_last, end)
 
-    def _feed(self, x: np.ndarray, t_last: float) -> None:
+    def _feed(self, x: np.ndarray, t_last: float, end: int) -> None:
+        """``end``: the model-rate position just after the sample captured at ``t_last``."""
         self.stats.waiting = False
         if x.size == 0:
             return
@@ -373,7 +316,7 @@ class MicPipeline:
         self.stats.level_power += alpha * (power - self.stats.level_power)
         self.captured.append(np.round(x * INT16_SCALE).astype(np.int16))  # exact, half size
         self._n_fed += x.size
-        self._times.append((self._n_fed, t_last))
+        self._times.append((end, t_last))
         buf = np.concatenate([self._pending, x]) if self._pending.size else x
         n_frames = buf.size // self.hop
         for f in range(n_frames):
@@ -431,7 +374,7 @@ class MicPipeline:
             if tail.size:
                 self.captured.append(np.round(tail * INT16_SCALE).astype(np.int16))
                 self._pending = np.concatenate([self._pending, tail])
-                while self._pending.size >= self.hop:   # rare: the tail completes a frame
+                while self._pending.size >= self.hop:   # the held-back tail completes frames
                     out = self.session.push(self._pending[:self.hop])
                     self._pending = self._pending[self.hop:]
                     self._keep(out)
@@ -552,7 +495,7 @@ def cmd_mic(args: argparse.Namespace) -> int:
         pipe.submit(indata[:, 0].copy(), t_last)
 
     out_stream = None
-    out_resampler = (StreamingResampler(tok.sample_rate, out_rate)
+    out_resampler = (StreamResampler(tok.sample_rate, out_rate)
                      if args.playback and out_rate != tok.sample_rate else None)
     if args.playback:
         play_buf = playback
@@ -573,7 +516,8 @@ def cmd_mic(args: argparse.Namespace) -> int:
         raise MicError(f"cannot open audio device: {_one_line(e)}") from None
 
     how = (f"{in_rate} Hz" if in_rate == tok.sample_rate else
-           f"{in_rate} Hz, resampled to {tok.sample_rate} Hz (streaming polyphase FIR)")
+           f"{in_rate} Hz, resampled to {tok.sample_rate} Hz (soxr, adds "
+           f"{stream_latency_ms(in_rate, tok.sample_rate):g} ms)")
     printer = _StatusPrinter()
     pipe.start()
     stopped_by = "time limit"
@@ -630,7 +574,7 @@ class _ResamplingReader:
     """Pulls model-rate PCM from a :class:`PlaybackBuffer` and resamples it to the output
     device's rate, keeping the surplus for the next callback."""
 
-    def __init__(self, source: PlaybackBuffer, resampler: StreamingResampler, in_rate: int,
+    def __init__(self, source: PlaybackBuffer, resampler: StreamResampler, in_rate: int,
                  out_rate: int):
         self.source, self.resampler = source, resampler
         self.ratio = in_rate / out_rate
