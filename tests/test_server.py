@@ -297,6 +297,13 @@ def offline_resampled(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     return np.concatenate([r.process(x), r.flush()])
 
 
+def as_sent(x: np.ndarray, fmt: str) -> np.ndarray:
+    """The samples the server decodes from ``x`` sent in ``fmt``."""
+    if fmt in g711.LAWS:
+        return g711.decode(g711.encode(x, fmt), fmt)
+    return np.round(x * 32768) / 32768 if fmt == "pcm16" else x
+
+
 @pytest.mark.parametrize("rate, fmt, seed", [(8000, "mulaw", 0), (8000, "alaw", 1),
                                              (16000, "pcm16", 2), (22050, "float32", 3),
                                              (44100, "float32", 4), (48000, "pcm16", 5),
@@ -308,11 +315,6 @@ def test_v2_stream_at_client_rate_equals_offline_resampler_and_encode(tiny_token
     rng = np.random.RandomState(seed)
     w1, w2 = noise(seed, int(rng.randint(rate // 2, 2 * rate))), noise(seed + 9, rate // 3)
     sizes = [int(s) for s in rng.randint(1, rate // 10, size=5)]
-
-    def as_sent(x):  # what the server decodes from the message bytes
-        if fmt in g711.LAWS:
-            return g711.decode(g711.encode(x, fmt), fmt)
-        return np.round(x * 32768) / 32768 if fmt == "pcm16" else x
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -335,7 +337,7 @@ def test_v2_stream_at_client_rate_equals_offline_resampler_and_encode(tiny_token
     assert ready["version"] == 2 and ready["client_sample_rate"] == rate
     assert ready["resampler_latency_ms"] == stream_latency_ms(rate, 24000)
     for w, res in zip((w1, w2), results):
-        ref = tiny_tokenizer.encode(offline_resampled(as_sent(w), rate, 24000))
+        ref = tiny_tokenizer.encode(offline_resampled(as_sent(w, fmt), rate, 24000))
         assert res.latents.shape == ref.shape
         assert np.abs(res.latents - ref).max() <= 1e-4
 
@@ -877,6 +879,35 @@ def test_graceful_shutdown_flushes_open_sessions(tiny_tokenizer):
         assert_matches(tiny_tokenizer, w, res)   # the zero-padded last frame arrived too
 
 
+@pytest.mark.parametrize("rate, fmt", [(16000, "pcm16"), (8000, "mulaw")])
+def test_graceful_shutdown_flushes_the_resampler_of_v2_sessions(tiny_tokenizer, rate, fmt):
+    """Shutdown, like a flush, pushes the held-back resampler tail before the last frame."""
+    wavs = [noise(30 + i, rate // 5 + 77 * i) for i in range(2)]
+
+    async def main():
+        srv = await F3Server(tiny_tokenizer).start("127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{srv.port}"
+        clients = [await AsyncClient(url, returns="latents", sample_rate=rate,
+                                     format=fmt).__aenter__() for _ in wavs]
+        for c, w in zip(clients, wavs):
+            await c.send_audio(w)
+        held = [StreamResampler(rate, 24000).process(as_sent(w, fmt)).size for w in wavs]
+        for _ in range(200):  # until the server has read all the audio (not yet flushed)
+            if all(srv.sessions[c.ready["session"]].total_in == n
+                   for c, n in zip(clients, held)):
+                break
+            await asyncio.sleep(0.01)
+        await srv.shutdown()
+        for c in clients:
+            await asyncio.wait_for(c._closed.wait(), 10)
+        return [(c.result(), c.ws.close_code) for c in clients]
+
+    for w, (res, code) in zip(wavs, run(main())):
+        assert code == 1001
+        ref = tiny_tokenizer.encode(offline_resampled(as_sent(w, fmt), rate, 24000))
+        assert res.latents.shape == ref.shape and np.abs(res.latents - ref).max() <= 1e-4
+
+
 def test_sync_client_and_cli(tiny_tokenizer, tmp_path):
     """The blocking client and ``f3stream stream`` against a server in another thread."""
     from f3stream.cli import main as cli_main
@@ -1129,6 +1160,8 @@ def test_fuzz_message_sequences_never_break_the_server(tiny_tokenizer):
     controls = st.sampled_from([{"type": t} for t in ("flush", "reset", "close", "hello", "x")])
     text = st.one_of(st.just(hello()), st.just(hello(format="float32")),
                      st.just(hello(direction="decode")), controls.map(json.dumps),
+                     st.just(hello(version=2, sample_rate=8000, format="mulaw")),
+                     st.just(hello(version=2, sample_rate=44100, direction="decode")),
                      st.text(max_size=30),
                      st.dictionaries(st.sampled_from(["type", "version", "sample_rate", "a"]),
                                      st.one_of(st.integers(), st.text(max_size=5)),
