@@ -357,13 +357,14 @@ def test_v2_decode_returns_audio_at_client_rate(tiny_tokenizer, rate):
         assert np.abs(audio - ref).max() <= TOL
 
 
-def test_v1_client_is_unaffected_by_v2(tiny_tokenizer):
+@pytest.mark.parametrize("version", [1, None])  # None: the client says 1 when it suffices
+def test_v1_client_is_unaffected_by_v2(tiny_tokenizer, version):
     """A version-1 hello gets version 1's ready (no version-2 fields) and the same frames."""
     wav = noise(4, 30000)
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
-            async with AsyncClient(url, version=1, returns="latents") as c:
+            async with AsyncClient(url, version=version, returns="latents") as c:
                 await c.send_audio(wav)
                 await c.flush()
                 return c.ready, c.result()

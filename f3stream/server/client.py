@@ -20,8 +20,8 @@ from websockets.exceptions import ConnectionClosed
 from .. import g711
 from ..errors import F3StreamError
 from ..session import EncodedFrames
-from .protocol import (KIND_AUDIO, KIND_BOTH, KIND_LATENTS, PROTOCOL_VERSION, FrameMessage, Hello,
-                       ProtocolError, parse_frame)
+from .protocol import (FORMATS, KIND_AUDIO, KIND_BOTH, KIND_LATENTS, PROTOCOL_VERSION,
+                       FrameMessage, Hello, ProtocolError, parse_frame)
 
 
 class ServerError(F3StreamError):
@@ -62,14 +62,19 @@ class StreamResult:
 class AsyncClient:
     """One streaming session. ``async with AsyncClient(url, ...) as c: await c.send_audio(x)``;
     frames are collected in the background; :meth:`flush` waits until the stream's last frame
-    has arrived; :meth:`result` returns what was received."""
+    has arrived; :meth:`result` returns what was received.
+
+    ``version`` None says the oldest protocol version the hello needs: 1 at 24 kHz in pcm16 or
+    float32 (so the client also works with servers that only speak version 1), else 2."""
 
     def __init__(self, url: str, *, direction: str = "encode", returns: str = "both",
                  format: str = "float32", payload_dtype: str = "float32",
                  token: str | None = None, sample_rate: int = 24000,
                  open_timeout: float = 10.0, max_size: int | None = 1 << 24,
-                 version: int = PROTOCOL_VERSION):
+                 version: int | None = None):
         self.url = url
+        if version is None:
+            version = 1 if sample_rate == 24000 and format in FORMATS else PROTOCOL_VERSION
         self.hello = Hello(version=version, sample_rate=sample_rate, format=format,
                            returns=returns, direction=direction, payload_dtype=payload_dtype,
                            token=token)
