@@ -140,14 +140,6 @@ class LiveSession:
         """Ends the resampler's stream: its held-back output (empty without one)."""
         return np.zeros(0, np.float32) if self.resampler is None else self.resampler.flush()
 
-    def end_input(self, recv_us: int) -> None:
-        """Before a flush, close or shutdown of an encode stream: queues the input resampler's
-        held-back tail, so the stream's last samples reach the model."""
-        if self.encoder and self.stream_open:
-            tail = self.resample_tail()
-            if tail.size:
-                self.enqueue(Op("data", recv_us, tail))
-
     # -- input side (handler) -----------------------------------------------------------------
     def enqueue(self, op: Op) -> bool:
         """Queues ``op``; True if the model has new work: a control op, decoder latents, or
@@ -167,6 +159,13 @@ class LiveSession:
                 self.frames_queued = frames
             self.needs_step = True
             return True
+        if self.encoder and self.resampler is not None:  # its stream ends with the client's
+            if op.kind == "reset":
+                self.resampler.reset()
+            elif self.stream_open:  # flush, close, shutdown: the held-back tail goes first
+                tail = self.resampler.flush()
+                if tail.size:
+                    self.enqueue(Op("data", op.recv_us, tail))
         self.pending += self.frame_length
         if op.kind == "reset":
             self.position = 0

@@ -128,7 +128,6 @@ class F3Server:
         self._ws.close(close_connections=False)  # stop listening; handlers keep running
         for s in list(self.sessions.values()):
             if not s.dead:
-                s.end_input(now_us())
                 s.enqueue(Op("shutdown", now_us()))
                 s.dead = True  # no more input
         self.batcher.wake.set()
@@ -321,10 +320,6 @@ class F3Server:
             try:
                 if isinstance(msg, str):
                     kind = parse_control(parse_text(msg))
-                    if kind == "reset" and s.encoder and s.resampler is not None:
-                        s.resampler.reset()
-                    elif kind != "reset":
-                        s.end_input(recv_us)
                     wake = s.enqueue(Op(kind, recv_us))
                     if kind == "close":
                         s.dead = True  # flush, say goodbye, close: ignore anything after
