@@ -9,8 +9,9 @@ Pipeline (three threads, none of them waits on another for long):
   (:class:`~f3stream.resampling.StreamResampler`, libsoxr's streaming resampler, the one files
   and the server use; docs/benchmarks.md compares it with the FIR it replaced), quantises to
   the 16-bit grid (so ``captured.wav`` holds exactly the samples the tokenizer saw), and pushes
-  one 40 ms frame at a time through an :class:`~f3stream.session.EncoderSession`, timing each frame. With playback
-  it also decodes each frame and hands the PCM to the output stream's callback.
+  one 40 ms frame at a time through an :class:`~f3stream.session.EncoderSession`, timing each
+  frame. With playback it also decodes each frame and hands the PCM to the output stream's
+  callback.
 * The main thread redraws one status line (~10x per second on a terminal) and stops on Ctrl-C
   or ``--seconds``; then the session is flushed and tokens/audio are written atomically.
 
