@@ -256,14 +256,30 @@ def test_ddp_two_processes_with_torchrun(corpus, tmp_path):
     assert tok.info["stage0_steps"] == 6 and tok.info["stage1_steps"] == 4
 
 
+def test_stage1_records_the_steps_stage0_really_ran(corpus, stage0_run, tmp_path):
+    """A stage-0 run stopped early (fewer steps than configured) is recorded as such."""
+    from training.representation_stage import train_representation
+
+    run = tmp_path / "run"
+    shutil.copytree(stage0_run, run)
+    tok = f3stream.load(run / "export")
+    tok.save(run / "export", info={**tok.info, "stage0_steps": 2})
+    train_representation(tiny_cfg(corpus, use_lm=False), run, resume=False)
+    assert f3stream.load(run / "export").info["stage0_steps"] == 2
+
+
 def test_install_checkpoint_float16(tmp_path, tiny_tokenizer):
     from training import install_checkpoint
 
     tiny_tokenizer.save(tmp_path / "export", info={"trained": True, "stage0_steps": 3})
     assert install_checkpoint.main([str(tmp_path / "export"), str(tmp_path / "dest"),
-                                    "--float16", "--description", "how it was made"]) == 0
+                                    "--float16", "--description", "how it was made",
+                                    "--info", "stage0_steps=5", "--info", 'note="x"']) == 0
     tok = f3stream.load(tmp_path / "dest")
-    assert tok.info == {"trained": True, "stage0_steps": 3, "description": "how it was made",
-                        "weights_dtype": "float16"}
+    assert tok.info == {"trained": True, "stage0_steps": 5, "description": "how it was made",
+                        "weights_dtype": "float16", "note": "x"}
+    with pytest.raises(SystemExit):
+        install_checkpoint.main([str(tmp_path / "export"), str(tmp_path / "d2"),
+                                 "--info", "stage0_steps"])
     w = load_file(str(tmp_path / "dest/model.safetensors"))
     assert all(v.dtype == torch.float16 for v in w.values())

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from f3stream.checkpoint import load_checkpoint
 from f3stream.representation import RepresentationTrainingHeads, rq_mtp_loss
 from f3stream.tokenizer import Tokenizer
 
@@ -76,6 +77,9 @@ def train_representation(cfg: TrainConfig, out: Path, resume: bool,
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed + 1)
     model = load_stage0(out, cfg, device)
+    # the steps stage 0 really ran (a run stopped early exports fewer than configured)
+    stage0_steps = load_checkpoint(out / "export")[2].get("stage0_steps",
+                                                          cfg.autoencoder.steps)
     for p in list(model.encoder.parameters()) + list(model.decoder.parameters()):
         p.requires_grad_(False)
     model.encoder.eval()
@@ -150,7 +154,7 @@ def train_representation(cfg: TrainConfig, out: Path, resume: bool,
         if rank == 0 and (done % stage.checkpoint_every == 0 or done == end):
             save_training_state(stage_dir, done, modules, {"optimizer": opt},
                                 {"stage": "representation"})
-            info = {"trained": True, "stage0_steps": cfg.autoencoder.steps,
+            info = {"trained": True, "stage0_steps": stage0_steps,
                     "stage1_steps": done, "seed": cfg.seed,
                     "stage1_losses": {"rq": stage.use_rq, "lm": stage.lm if stage.use_lm
                                       else None}}
