@@ -111,9 +111,11 @@ def test_float16_round_trip_loads_as_float32_and_stays_close(tiny_tokenizer, tmp
 def test_bundled_checkpoint_loads(wav):
     tok = f3stream.load()
     assert tok.info.get("trained") is True and tok.info["stage0_steps"] > 0
-    # the default inference architecture; the training-only RQ codebook was 1024 codes (the
-    # bundled CPU config), which changes no inference weight
-    assert tok.config.autoencoder == TokenizerConfig().autoencoder
+    # the default inference architecture plus the encoder's level input (off by default so
+    # checkpoints saved before it still load); the training-only RQ codebook was 1024 codes
+    # (the CPU configs), which changes no inference weight
+    assert tok.config.autoencoder.level_feature is True
+    assert replace(tok.config.autoencoder, level_feature=False) == TokenizerConfig().autoencoder
     assert replace(tok.config.representation, rq_codebook_size=8192) == \
         TokenizerConfig().representation
     assert tok.encode(wav).shape == (25, 64)
