@@ -141,7 +141,7 @@ def test_training_config_reads_packed_options(tmp_path):
     assert cfg.level.level_dbfs == (-40, -20) and cfg.level.speed_prob == 0.2
     assert cfg.autoencoder.complex_weight == 1.0
     path.write_text(json.dumps({"level": {"levels": [1, 2]}}))
-    with pytest.raises(ValueError, match="unknown level keys"):
+    with pytest.raises(ValueError, match="level: unknown keys"):
         TrainConfig.load(path)
 
 

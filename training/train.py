@@ -81,6 +81,14 @@ class StageConfig:
     lm_weight: float = 1.0
 
 
+def _section(kind: type, values: dict[str, Any], where: str):
+    """A config section as ``kind`` (JSON lists become tuples); unknown keys are an error."""
+    bad = set(values) - set(kind.__dataclass_fields__)
+    if bad:
+        raise ValueError(f"{where}: unknown keys {sorted(bad)}")
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 @dataclass
 class TrainConfig:
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -103,27 +111,10 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        stage_fields = set(StageConfig.__dataclass_fields__)
-        stages = {}
-        for name in ("autoencoder", "representation"):
-            s = data.get(name, {})
-            bad = set(s) - stage_fields
-            if bad:
-                raise ValueError(f"{path}: unknown {name} keys {sorted(bad)}")
-            stages[name] = StageConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                          for k, v in s.items()})
-        aug = data.get("augment", {})
-        bad = set(aug) - set(Augmentation.__dataclass_fields__)
-        if bad:
-            raise ValueError(f"{path}: unknown augment keys {sorted(bad)}")
-        augment = Augmentation(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in aug.items()})
-        lv = data.get("level", {})
-        bad = set(lv) - set(LevelAugmentation.__dataclass_fields__)
-        if bad:
-            raise ValueError(f"{path}: unknown level keys {sorted(bad)}")
-        level = LevelAugmentation(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in lv.items()})
+        stages = {name: _section(StageConfig, data.get(name, {}), f"{path}: {name}")
+                  for name in ("autoencoder", "representation")}
+        augment = _section(Augmentation, data.get("augment", {}), f"{path}: augment")
+        level = _section(LevelAugmentation, data.get("level", {}), f"{path}: level")
         return cls(model=TokenizerConfig.from_dict(data.get("model", {})), augment=augment,
                    packed=data.get("packed", ""), level=level,
                    source_weights=dict(data.get("source_weights", {})),
