@@ -99,7 +99,7 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 
 def metrics(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics.json", timeout=5) as f:
         return json.loads(f.read())
 
 

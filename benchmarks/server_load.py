@@ -152,7 +152,7 @@ async def run(args, port: int) -> dict:
     results = await asyncio.gather(*clients)
     lat = [x for r in results for x in r["latency"]]
     slat = [x for r in results for x in r["server_latency"]]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics.json", timeout=5) as f:
         metrics = json.loads(f.read())
     return {
         "clients": args.clients, "duration_s": args.duration, "direction": args.direction,

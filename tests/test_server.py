@@ -808,13 +808,97 @@ def test_health_and_metrics(tiny_tokenizer):
             base = url.replace("ws://", "http://")
             get = lambda p: json.loads(urllib.request.urlopen(base + p, timeout=5).read())  # noqa
             return await asyncio.to_thread(get, "/health"), await asyncio.to_thread(
-                get, "/metrics")
+                get, "/metrics.json")
 
     health, metrics = run(main())
     assert health["status"] == "ok" and health["protocol_version"] == 1
     assert health["protocol_versions"] == [1, 2]
     assert metrics["frames_total"] == 25 and metrics["latency_ms"]["p50"] is not None
     assert {"sessions", "frames_per_second", "latency_ms"} <= set(metrics)
+
+
+def scrape(base: str) -> tuple[str, dict]:
+    """``GET /metrics``: its Content-Type and its families parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as f:
+        ctype, text = f.headers["Content-Type"], f.read().decode()
+    return ctype, {fam.name: fam for fam in text_string_to_metric_families(text)}
+
+
+def samples(fam, suffix: str = "") -> dict:
+    """A family's samples named ``fam.name + suffix``, by their labels."""
+    return {tuple(sorted(s.labels.items())): s.value for s in fam.samples
+            if s.name == fam.name + suffix}
+
+
+def test_metrics_in_the_prometheus_text_format(tiny_tokenizer):
+    """/metrics is Prometheus text: frames by direction, errors by code (every code from 0),
+    open sessions, frame latency and model-step histograms; a real stream moves them, and
+    /metrics.json counts the same frames."""
+    lat = tiny_tokenizer.encode(noise(7, 9600))
+
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url):
+            base = url.replace("ws://", "http://")
+            before = await asyncio.to_thread(scrape, base)
+            async with AsyncClient(url) as c:
+                await c.send_audio(noise(1, 960))
+                during = await asyncio.to_thread(scrape, base)
+            await good_client(tiny_tokenizer, url)
+            await decode_latents_remote(url, lat, frames_per_message=2)
+            await raw_exchange(url, ["{not json"])
+            after = await asyncio.to_thread(scrape, base)
+            js = json.loads(await asyncio.to_thread(
+                lambda: urllib.request.urlopen(base + "/metrics.json", timeout=5).read()))
+            return before, during, after, js
+
+    (ctype, before), (_, during), (_, after), js = run(main())
+    assert ctype.startswith("text/plain") and "version=" in ctype
+    kinds = {"f3stream_frames": "counter", "f3stream_errors": "counter",
+             "f3stream_sessions": "counter", "f3stream_open_sessions": "gauge",
+             "f3stream_frame_latency_seconds": "histogram",
+             "f3stream_model_step_seconds": "histogram"}
+    for fams in (before, after):
+        assert {n: fams[n].type for n in kinds if n in fams} == kinds
+    directions = {(("direction", "encode"),), (("direction", "decode"),)}
+    codes = {(("code", c),) for c in ERROR_CODES}
+    assert set(samples(before["f3stream_frames"], "_total")) == directions
+    assert set(samples(before["f3stream_errors"], "_total")) == codes
+    assert set(samples(before["f3stream_frames"], "_total").values()) == {0}
+    assert set(samples(before["f3stream_errors"], "_total").values()) == {0}
+    assert samples(before["f3stream_open_sessions"])[()] == 0
+    assert samples(during["f3stream_open_sessions"])[()] == 1
+
+    frames = samples(after["f3stream_frames"], "_total")
+    assert frames[(("direction", "encode"),)] >= 25  # good_client's 25, plus the short one's
+    assert 1 <= frames[(("direction", "decode"),)] <= lat.shape[0]  # an audio message: one
+    assert sum(frames.values()) == js["frames_total"]
+    errors = samples(after["f3stream_errors"], "_total")
+    assert errors[(("code", "bad_json"),)] == 1 == js["errors"]["bad_json"]
+    assert sum(errors.values()) == 1
+    assert samples(after["f3stream_sessions"], "_total")[()] == js["sessions_total"] >= 3
+    assert samples(after["f3stream_open_sessions"])[()] == 0
+    latency = after["f3stream_frame_latency_seconds"]
+    assert samples(latency, "_count")[()] == js["messages_total"] > 0
+    assert samples(latency, "_bucket")[(("le", "+Inf"),)] == js["messages_total"]
+    assert samples(latency, "_sum")[()] > 0
+    step = after["f3stream_model_step_seconds"]
+    assert samples(step, "_count")[()] == js["batches_total"] > 0
+    assert samples(before["f3stream_model_step_seconds"], "_count")[()] == 0
+
+
+def test_servers_in_one_process_have_their_own_metrics(tiny_tokenizer):
+    """Each server has its own registry: two at once neither collide nor share counts."""
+    async def main():
+        async with serving(tiny_tokenizer) as (_, url_a), serving(tiny_tokenizer) as (_, url_b):
+            await good_client(tiny_tokenizer, url_a)
+            return [await asyncio.to_thread(scrape, u.replace("ws://", "http://"))
+                    for u in (url_a, url_b)]
+
+    (_, a), (_, b) = run(main())
+    assert samples(a["f3stream_frames"], "_total")[(("direction", "encode"),)] == 25
+    assert samples(b["f3stream_frames"], "_total")[(("direction", "encode"),)] == 0
 
 
 async def http_status(port: int, request: bytes) -> int | None:
@@ -828,7 +912,7 @@ async def http_status(port: int, request: bytes) -> int | None:
 
 def test_http_status_codes_and_the_metrics_token(tiny_tokenizer):
     """Unknown paths are 404 (not 426), other methods 405 (a POST with a body got no status
-    line), and with a token /metrics needs it too; /health stays open."""
+    line), and with a token /metrics and /metrics.json need it too; /health stays open."""
     def get(path: str, *headers: str) -> bytes:
         return "\r\n".join([f"GET {path} HTTP/1.1", "Host: x", *headers, "", ""]).encode()
 
@@ -840,6 +924,11 @@ def test_http_status_codes_and_the_metrics_token(tiny_tokenizer):
         "metrics without the token": (get("/metrics"), 401),
         "metrics with a wrong token": (get("/metrics", "Authorization: Bearer nope"), 401),
         "metrics with the token": (get("/metrics", "Authorization: Bearer s3cret"), 200),
+        "metrics.json without the token": (get("/metrics.json"), 401),
+        "metrics.json with a wrong token": (get("/metrics.json", "Authorization: Bearer nope"),
+                                            401),
+        "metrics.json with the token": (get("/metrics.json", "Authorization: Bearer s3cret"),
+                                        200),
         "health": (get("/health"), 200),
         "demo": (get("/"), 200),
     }

@@ -179,7 +179,7 @@ def test_http_routes(tiny_tokenizer):
                     "/demo/.hidden.js", "/demo/sub/app.js"):
             assert http_get(base + bad)[0] == 404, bad
         assert json.loads(http_get(base + "/health")[2])["status"] == "ok"
-        assert "frames_total" in json.loads(http_get(base + "/metrics")[2])
+        assert "frames_total" in json.loads(http_get(base + "/metrics.json")[2])
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")

@@ -82,7 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(server) -> None:
         print(f"f3stream serve: listening on ws://{args.host}:{server.port} (protocol v1, "
               f"{backend} engine, {loop_name} loop; "
-              f"health http://{args.host}:{server.port}/health, metrics /metrics); "
+              f"health http://{args.host}:{server.port}/health, metrics /metrics and "
+              "/metrics.json); "
               "Ctrl-C flushes open sessions and stops", flush=True)
 
     eventloop.run(run_server(tok, args.host, args.port, cfg, ready), loop_name)
@@ -182,9 +183,9 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
              "Serves live tokenization over websockets (docs/protocol.md): clients stream 24 "
              "kHz audio and get each 40 ms frame's latents/representations back, or stream "
              "latents and get audio. Concurrent sessions are batched into one model step. "
-             "GET /health and /metrics answer JSON. SIGINT/SIGTERM flush open sessions and "
-             "stop. The server's default --backend is numba on the CPU when it is installed "
-             "(else torch).",
+             "GET /health answers JSON, /metrics Prometheus text, /metrics.json JSON. "
+             "SIGINT/SIGTERM flush open sessions and stop. The server's default --backend is "
+             "numba on the CPU when it is installed (else torch).",
              "  f3stream serve --port 8765 --token SECRET\n", [model_parent])
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     p.add_argument("--port", type=int_at_least(0, 65535), default=8765,
@@ -205,7 +206,7 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
                         "reader (default: 500 = 20 s)")
     p.add_argument("--token", default=None,
                    help="require this token in the hello, and as 'Authorization: Bearer "
-                        "TOKEN' for GET /metrics (/health stays open)")
+                        "TOKEN' for GET /metrics and /metrics.json (/health stays open)")
     p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
                    help="accept browser connections only from this Origin (repeatable); "
                         "clients that send no Origin are accepted")

@@ -12,7 +12,7 @@ happens at them").
   before the close frame has drained, so a closing connection whose peer reads nothing stayed
   open (and was read from) for as long as the peer liked. :meth:`abort_after` bounds it.
 * **Methods.** A request that is not a GET cannot be a websocket upgrade or a request for
-  /health, /metrics or the demo: it is answered 405 here (websockets' parser would drop a
+  /health, /metrics(.json) or the demo: it is answered 405 here (websockets' parser would drop a
   request with a body without any status line).
 """
 

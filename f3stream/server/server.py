@@ -30,10 +30,10 @@ from ..tokenizer import Tokenizer
 from .batcher import Batcher
 from .connection import BoundedConnection
 from .live import LiveSession, Op, Work, now_us
-from .metrics import Metrics
-from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, HEADER_SIZE, SUPPORTED_VERSIONS,
-                       ProtocolError, decode_audio, decode_latents, encode_frame, error_message,
-                       parse_control, parse_hello, parse_text)
+from .metrics import PROMETHEUS_TEXT, Metrics
+from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, HEADER_SIZE, KIND_AUDIO,
+                       SUPPORTED_VERSIONS, ProtocolError, decode_audio, decode_latents,
+                       encode_frame, error_message, parse_control, parse_hello, parse_text)
 from .web import static_response
 
 log = logging.getLogger("f3stream.server")
@@ -78,8 +78,8 @@ class F3Server:
     def __init__(self, tok: Tokenizer, config: ServerConfig | None = None):
         self.tok = tok
         self.cfg = config or ServerConfig()
-        self.metrics = Metrics()
         self.sessions: dict[int, LiveSession] = {}
+        self.metrics = Metrics(lambda: len(self.sessions))
         self._ids = itertools.count(1)
         self._ws: Server | None = None
         self.batcher: Batcher | None = None
@@ -167,18 +167,21 @@ class F3Server:
                     "protocol_version": SUPPORTED_VERSIONS[0],
                     "protocol_versions": list(SUPPORTED_VERSIONS)}
             return _json_response(503 if self.shutting_down else 200, body)
-        if path == "/metrics":
+        if path in ("/metrics", "/metrics.json"):
             if not self._may_read_metrics(request):
-                return _json_response(401, {"error": "unauthorized", "message": "/metrics "
+                return _json_response(401, {"error": "unauthorized", "message": f"{path} "
                                             "needs the header 'Authorization: Bearer TOKEN'"},
                                       (("WWW-Authenticate", "Bearer"),))
-            return _json_response(200, self.metrics.snapshot(len(self.sessions)))
+            if path == "/metrics.json":
+                return _json_response(200, self.metrics.snapshot())
+            return _response(200, self.metrics.expose(), PROMETHEUS_TEXT)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None  # the protocol, on any path
         return static_response(path)  # the browser demo: / and /demo/...; else 404
 
     def _may_read_metrics(self, request: Request) -> bool:
-        """With a token, /metrics (which tells who streams how much) needs it too."""
+        """With a token, /metrics and /metrics.json (which tell who streams how much) need it
+        too."""
         if self.cfg.token is None:
             return True
         given = request.headers.get_all("Authorization")
@@ -413,18 +416,24 @@ class F3Server:
                     send_us = now_us()
                     await ws.send(encode_frame(kind, seq, index, payload, s.dtype, recv_us,
                                                send_us, final))
-                    self.metrics.record_send(payload.shape[0] if kind != 4 else 1,
-                                             (send_us - recv_us) / 1000.0)
+                    if kind == KIND_AUDIO:  # one message of samples: one decoded frame
+                        self.metrics.record_send(1, (send_us - recv_us) / 1000.0, "decode")
+                    else:
+                        self.metrics.record_send(payload.shape[0], (send_us - recv_us) / 1000.0,
+                                                 "encode")
         except ConnectionClosed:
             pass
 
 
 def _json_response(status: int, body: dict[str, Any],
                    extra_headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    data = json.dumps(body).encode()
-    headers = Headers([("Content-Type", "application/json"),
-                       ("Content-Length", str(len(data))), ("Cache-Control", "no-store"),
-                       *extra_headers])
+    return _response(status, json.dumps(body).encode(), "application/json", extra_headers)
+
+
+def _response(status: int, data: bytes, ctype: str,
+              extra_headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(data))),
+                       ("Cache-Control", "no-store"), *extra_headers])
     return Response(status, HTTPStatus(status).phrase, headers, data)
 
 
