@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 import urllib.request
@@ -169,7 +168,7 @@ def main() -> None:
     p.add_argument("--label", default="", help="copied into the report (e.g. the commit)")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from server_load import start_server
+    from server_load import start_server, stop_server
 
     from f3stream.server import eventloop
 
@@ -184,11 +183,7 @@ def main() -> None:
                 scenario_run(scenario, port, proc.pid, args.duration), args.duration * 3 + 60),
                 "auto"))
         finally:
-            proc.send_signal(2)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     print(json.dumps({"label": args.label, "date": time.strftime("%Y-%m-%d"),
                       "load_average_at_end": os.getloadavg(), "runs": reports}, indent=2))
 

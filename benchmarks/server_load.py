@@ -117,6 +117,15 @@ async def one_client(url: str, seed: int, duration: float, chunk_ms: float, retu
             "late_sends": late, "error": str(err) if err else None}
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGINT (serve flushes its sessions and exits), then kill after 30 s."""
+    proc.send_signal(2)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def start_server(args) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "f3stream", "serve", "--port", "0", "--quiet",
            "--threads", str(args.threads), "--max-sessions", str(args.clients + 10),
@@ -208,11 +217,7 @@ def main() -> None:
         report = eventloop.run(asyncio.wait_for(run(args, port), args.duration * 3 + 60),
                                args.loop)
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     print(json.dumps(report, indent=2))
 
 
