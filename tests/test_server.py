@@ -878,6 +878,12 @@ def test_metrics_in_the_prometheus_text_format(tiny_tokenizer):
     assert errors[(("code", "bad_json"),)] == 1 == js["errors"]["bad_json"]
     assert sum(errors.values()) == 1
     assert samples(after["f3stream_sessions"], "_total")[()] == js["sessions_total"] >= 3
+    # what a model step's speed depends on, for load reports (benchmarks/server_load.py)
+    engine = js["engine"]
+    assert engine["backend"] == tiny_tokenizer.backend
+    assert engine["gemm_plan"] == (list(tiny_tokenizer.engine.gemm_plan)
+                                   if hasattr(tiny_tokenizer.engine, "gemm_plan") else None)
+    assert all("internal_api" in lib for lib in engine["blas"])
     assert samples(after["f3stream_open_sessions"])[()] == 0
     latency = after["f3stream_frame_latency_seconds"]
     assert samples(latency, "_count")[()] == js["messages_total"] > 0

@@ -45,6 +45,7 @@ class Metrics:
         self.latency_ms: deque[float] = deque(maxlen=latency_samples)
         self.step_ms: deque[float] = deque(maxlen=latency_samples)
         self._sent: deque[tuple[float, int]] = deque()
+        self.engine: Callable[[], dict[str, Any]] | None = None  # set by the server
         self.registry = CollectorRegistry(auto_describe=True)
         self._latency_s = Histogram(
             "f3stream_frame_latency_seconds", "Server receive of the input that completed a "
@@ -102,6 +103,8 @@ class Metrics:
                               "p99": percentile(list(self.step_ms), 99)},
             "errors": dict(self.errors),
             "uptime_s": round(time.monotonic() - self.started, 1),
+            # engine, matrix-product plan, BLAS kernels: what a model step's speed depends on
+            "engine": self.engine() if self.engine is not None else None,
         }
 
     def expose(self) -> bytes:

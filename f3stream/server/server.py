@@ -26,6 +26,7 @@ from websockets.http11 import Request, Response
 
 from ..resampling import stream_latency_ms
 from ..session import DecoderSession, DecoderStatePool, EncoderSession, EncoderStatePool
+from ..threads import engine_info
 from ..tokenizer import Tokenizer
 from .batcher import Batcher
 from .connection import BoundedConnection
@@ -80,6 +81,7 @@ class F3Server:
         self.cfg = config or ServerConfig()
         self.sessions: dict[int, LiveSession] = {}
         self.metrics = Metrics(lambda: len(self.sessions))
+        self.metrics.engine = functools.partial(engine_info, tok)
         self._ids = itertools.count(1)
         self._ws: Server | None = None
         self.batcher: Batcher | None = None
