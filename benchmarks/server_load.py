@@ -27,6 +27,7 @@ import time
 import urllib.request
 
 import numpy as np
+from conditions import Sampler
 
 from f3stream.server import eventloop
 from f3stream.server.client import AsyncClient
@@ -183,6 +184,7 @@ async def run(args, port: int) -> dict:
                               "max": max(slat) if slat else None},
         "server_mean_batch_sessions": metrics.get("mean_batch_sessions"),
         "server_model_step_ms": metrics.get("model_step_ms"),
+        "server_engine": metrics.get("engine"),  # engine, gemm plan, BLAS kernels
     }
 
 
@@ -212,12 +214,16 @@ def main() -> None:
     p.add_argument("--gil-switch-interval", type=float, default=None,
                    help="passed to the server (default: the server's default)")
     args = p.parse_args()
+    load_before = os.getloadavg()
     proc, port = start_server(args)
+    sampler = Sampler(proc.pid).start(load_before)  # load, CPU of server / clients / others
     try:
         report = eventloop.run(asyncio.wait_for(run(args, port), args.duration * 3 + 60),
                                args.loop)
     finally:
+        conditions = sampler.stop()
         stop_server(proc)
+    report["conditions"] = conditions
     print(json.dumps(report, indent=2))
 
 

@@ -1148,6 +1148,13 @@ def test_load_benchmark_runs_and_loses_no_frame():
     assert report["client_errors"] == [] and report["phases"] == "uniform"
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] < 1000
     assert report["model_workers"] == 2 and report["loop"] in ("uvloop", "asyncio")
+    # what the figures depend on is recorded beside them (issue 13 item 11)
+    assert report["server_engine"]["blas"] and "gemm_plan" in report["server_engine"]
+    cond = report["conditions"]
+    assert cond["machine"]["logical_cores"] >= 1 and len(cond["load_average_before"]) == 3
+    assert cond["cpu_cores_used"]["server"] > 0 and cond["cpu_cores_used"]["clients"] > 0
+    assert 0 < cond["client_cpu_share"] < 1
+    assert cond["samples"] and cond["samples"][-1]["server_rss_mib"] > 50
 
 
 @pytest.mark.slow
