@@ -10,6 +10,7 @@ import bisect
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,14 +66,20 @@ class AsyncClient:
     has arrived; :meth:`result` returns what was received.
 
     ``version`` None says the oldest protocol version the hello needs: 1 at 24 kHz in pcm16 or
-    float32 (so the client also works with servers that only speak version 1), else 2."""
+    float32 (so the client also works with servers that only speak version 1), else 2.
+
+    ``on_frame`` is called with each frame message as it arrives (in the receiving task), for
+    callers that forward frames as they come (a long-lived voice-agent stream): the messages
+    then go to it instead of being kept for :meth:`result`, so memory stays flat."""
 
     def __init__(self, url: str, *, direction: str = "encode", returns: str = "both",
                  format: str = "float32", payload_dtype: str = "float32",
                  token: str | None = None, sample_rate: int = 24000,
                  open_timeout: float = 10.0, max_size: int | None = 1 << 24,
-                 version: int | None = None):
+                 version: int | None = None,
+                 on_frame: Callable[[FrameMessage], None] | None = None):
         self.url = url
+        self.on_frame = on_frame
         if version is None:
             version = 1 if sample_rate == 24000 and format in FORMATS else PROTOCOL_VERSION
         self.hello = Hello(version=version, sample_rate=sample_rate, format=format,
@@ -130,8 +137,11 @@ class AsyncClient:
                 t = time.perf_counter()
                 if isinstance(raw, bytes):
                     m = parse_frame(raw)
-                    self.messages.append((m, t))
                     self._latency(m, t)
+                    if self.on_frame is None:
+                        self.messages.append((m, t))
+                    else:
+                        self.on_frame(m)
                     continue
                 msg = json.loads(raw)
                 if msg.get("type") == "flushed":
@@ -149,6 +159,15 @@ class AsyncClient:
                                          code)
             self._closed.set()
             self._flushed.set()
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone (closed by either side, or lost)."""
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Returns when the connection is gone (see :attr:`closed`)."""
+        await self._closed.wait()
 
     @property
     def sample_rate(self) -> int:
@@ -170,6 +189,9 @@ class AsyncClient:
         k = bisect.bisect_left(self._marks, end)
         if k < len(self._times):
             self.latency_ms.append((t - self._times[k]) * 1000.0)
+            if self.on_frame is not None:  # frames come in order: earlier sends are done with
+                del self._marks[:k], self._times[:k]
+                del self.latency_ms[:-1000]
 
     def _mark(self, n: int) -> None:
         self._position += n
