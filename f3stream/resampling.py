@@ -18,12 +18,18 @@ from .errors import AudioInputError
 
 class StreamResampler:
     """Resamples one mono float32 stream chunk by chunk (a pass-through when the rates agree).
-    :meth:`flush` ends a stream (returning its held-back tail), :meth:`reset` drops one."""
+    :meth:`flush` ends a stream (returning its held-back tail), :meth:`reset` drops one.
 
-    def __init__(self, in_rate: int, out_rate: int):
+    ``quality`` is libsoxr's: ``"HQ"`` (the default, used for everything that is heard or
+    tokenized) or e.g. ``"QQ"`` (cubic interpolation, no filter, so almost nothing is held
+    back: the server's voice-activity input, where up to 37 ms of HQ's blockwise hold-back
+    would delay every frame's speech probability and aliasing does not matter)."""
+
+    def __init__(self, in_rate: int, out_rate: int, quality: str = "HQ"):
         if in_rate <= 0 or out_rate <= 0:
             raise AudioInputError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
         self.in_rate, self.out_rate = int(in_rate), int(out_rate)
+        self.quality = quality
         self.reset()
 
     def reset(self) -> None:
@@ -31,7 +37,8 @@ class StreamResampler:
         if self.in_rate != self.out_rate:
             import soxr
 
-            self._stream = soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32")
+            self._stream = soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32",
+                                              quality=self.quality)
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Feeds a chunk (any length, even 0); returns the output samples it completed."""
