@@ -19,8 +19,9 @@ import numpy as np
 
 from ..session import DecoderSession, EncoderSession
 from ..tokenizer import Tokenizer
-from .live import LiveSession, Work
+from .live import LiveSession, Work, now_us
 from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
+from .vad import VadStream, run_windows
 
 log = logging.getLogger("f3stream.server")
 
@@ -33,10 +34,16 @@ def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
         if w.data is not None:
             groups = encode if w.session.encoder else decode
             groups.setdefault(id(w.session.coder.pool), []).append(w)
-    for group in encode.values():
-        _encode_group(tok, group)
+    encoded = [wr for group in encode.values() for wr in _encode_group(tok, group)]
     for group in decode.values():
         _decode_group(tok, group)
+    _vad([w for w in items if w.session.vad is not None and w.data is not None
+          and w.error is None])
+    for w, r in encoded:
+        if w.error is not None:
+            continue
+        end = (r.start_frame + r.n_frames) * tok.hop_length
+        _emit_frames(w, r, w.recv_us_for(end))
     for w in items:
         if w.error is not None or w.control is None:
             continue
@@ -82,13 +89,27 @@ def _decode_group(tok: Tokenizer, group: list[Work]) -> None:
             _emit_audio(w, start, w.session.resample(wav), w.marks[-1][1])
 
 
-def _encode_group(tok: Tokenizer, group: list[Work]) -> None:
+def _encode_group(tok: Tokenizer, group: list[Work]) -> list[tuple[Work, object]]:
+    """The group's batched step: (work, frames) of the sessions that completed frames."""
     results = _batched(group, tok.step_sessions, lambda c, x: c.push(x),
                        lambda c: c.samples_received)
-    for w, r in zip(group, results):
-        if r is not None and r.n_frames:
-            end = (r.start_frame + r.n_frames) * tok.hop_length
-            _emit_frames(w, r, w.recv_us_for(end))
+    return [(w, r) for w, r in zip(group, results) if r is not None and r.n_frames]
+
+
+def _vad(items: list[Work]) -> None:
+    """Voice activity of the round's sessions that asked for it: their audio in, then every
+    complete window of all of them through the model in one batched call per window
+    position. A failure ends the sessions it may have left half-stepped."""
+    if not items:
+        return
+    for w in items:
+        w.session.vad.feed(w.data)
+    try:
+        run_windows([w.session.vad for w in items])
+    except Exception as e:  # noqa: BLE001 - one round's VAD failure must not stop the server
+        log.exception("VAD step failed")
+        for w in items:
+            w.error = ("internal", f"voice activity step failed: {type(e).__name__}: {e}")
 
 
 def _emit_frames(w: Work, r, recv_us: int, final: bool = False) -> None:
@@ -99,29 +120,49 @@ def _emit_frames(w: Work, r, recv_us: int, final: bool = False) -> None:
         payload = r.representations
     else:
         payload = np.concatenate([r.latents, r.representations], axis=1)
-    w.out.append(("frames", kind, r.start_frame, payload, recv_us, final))
+    vad: VadStream | None = w.session.vad
+    if vad is None:
+        w.out.append(("frames", kind, r.start_frame, payload, recv_us, final, None))
+        return
+    probs, events = vad.label(r.start_frame, r.n_frames)
+    w.out.append(("frames", kind, r.start_frame, payload, recv_us, final, probs))
+    _emit_events(w, events)
+
+
+def _emit_events(w: Work, events: list[tuple[str, int]]) -> None:
+    """speech_start / speech_end, after the frame message whose frame decided them."""
+    for kind, frame in events:
+        w.out.append(("json", {"type": kind, "frame_index": frame, "time_us": now_us()}))
 
 
 def _emit_audio(w: Work, start: int, wav: np.ndarray, recv_us: int, final: bool = False
                 ) -> None:
     if wav.size or final:
-        w.out.append(("frames", KIND_AUDIO, start, wav[None, :], recv_us, final))
+        w.out.append(("frames", KIND_AUDIO, start, wav[None, :], recv_us, final, None))
 
 
 def _control(w: Work) -> None:
     op, coder = w.control, w.session.coder
+    vad: VadStream | None = w.session.vad
     if op.kind == "reset":
         coder.reset()
         if not w.session.encoder and w.session.resampler is not None:
             w.session.resampler.reset()  # (an encoder's is reset as the reset arrives)
+        if vad is not None:
+            vad.reset()
         w.out.append(("json", {"type": "reset"}))
         return
     # flush, close and shutdown all end the stream first (flush is idempotent)
     if not coder.closed:
         if w.session.encoder:
             r = coder.flush()
+            if vad is not None:  # the last frame's windows, alone (flushes are rare)
+                vad.finish(coder.frames_emitted)
+                run_windows([vad])
             if r.n_frames:
                 _emit_frames(w, r, op.recv_us, final=True)
+            if vad is not None:
+                _emit_events(w, vad.end())
         else:
             tail = w.session.resample(coder.flush())
             _emit_audio(w, coder.frames_received, np.concatenate([tail, w.session.resample_tail()]),

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..resampling import StreamResampler
 from .protocol import DTYPES, ERROR_CODES, Hello, error_message
+from .vad import VadStream
 
 
 def now_us() -> int:
@@ -99,7 +100,8 @@ class LiveSession:
     """A connected, handshaken client."""
 
     def __init__(self, sid: int, ws: Any, hello: Hello, coder: Any, outbox_limit: int,
-                 frame_length: int, close_timeout: float, model_rate: int):
+                 frame_length: int, close_timeout: float, model_rate: int,
+                 vad: VadStream | None = None):
         self.id = sid
         self.ws = ws                       # a BoundedConnection
         self.close_timeout = close_timeout
@@ -130,6 +132,8 @@ class LiveSession:
         if hello.sample_rate != model_rate:
             self.resampler = (StreamResampler(hello.sample_rate, model_rate) if self.encoder
                               else StreamResampler(model_rate, hello.sample_rate))
+        # "vad": true: the stream's voice activity, used by the batcher (None: no VAD work)
+        self.vad = vad
 
     # -- resampling (protocol version 2) ------------------------------------------------------
     def resample(self, x: np.ndarray) -> np.ndarray:
@@ -199,9 +203,9 @@ class LiveSession:
 
     # -- output side --------------------------------------------------------------------------
     def send_frames(self, kind: int, frame_index: int, payload: np.ndarray, recv_us: int,
-                    final: bool = False) -> bool:
+                    final: bool = False, speech_prob: np.ndarray | None = None) -> bool:
         """Queues a binary frame message; False if the outbox is full (slow reader)."""
-        item = ("frames", kind, self.seq, frame_index, payload, recv_us, final)
+        item = ("frames", kind, self.seq, frame_index, payload, recv_us, final, speech_prob)
         if not self.outbox.put(item, frames=_n_frames(item)):
             return False
         self.seq += 1

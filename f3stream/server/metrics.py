@@ -46,6 +46,7 @@ class Metrics:
         self.step_ms: deque[float] = deque(maxlen=latency_samples)
         self._sent: deque[tuple[float, int]] = deque()
         self.engine: Callable[[], dict[str, Any]] | None = None  # set by the server
+        self.vad: Any = None  # the server's VadModel once a session asked for voice activity
         self.registry = CollectorRegistry(auto_describe=True)
         self._latency_s = Histogram(
             "f3stream_frame_latency_seconds", "Server receive of the input that completed a "
@@ -105,7 +106,18 @@ class Metrics:
             "uptime_s": round(time.monotonic() - self.started, 1),
             # engine, matrix-product plan, BLAS kernels: what a model step's speed depends on
             "engine": self.engine() if self.engine is not None else None,
+            "vad": self._vad_snapshot(),
         }
+
+    def _vad_snapshot(self) -> dict[str, Any] | None:
+        """The VAD's work so far: model calls, windows (32 ms each), the time they took."""
+        v = self.vad
+        if v is None:
+            return None
+        return {"calls_total": v.calls, "windows_total": v.windows,
+                "seconds_total": round(v.seconds, 4),
+                "mean_batch": round(v.windows / v.calls, 2) if v.calls else None,
+                "us_per_window": round(v.seconds / v.windows * 1e6, 1) if v.windows else None}
 
     def expose(self) -> bytes:
         """The ``/metrics`` body: the Prometheus text exposition of this server's registry."""
@@ -141,3 +153,8 @@ class _Counts(Collector):
                                   value=m.batches_total)
         yield GaugeMetricFamily("f3stream_open_sessions", "Sessions open now",
                                 value=m.active_sessions())
+        vad = m.vad  # from 0 before any session asked for voice activity
+        yield CounterMetricFamily("f3stream_vad_windows", "Voice-activity windows (32 ms of "
+                                  "a session's audio each) run", value=vad.windows if vad else 0)
+        yield CounterMetricFamily("f3stream_vad_seconds", "Time spent in voice-activity model "
+                                  "calls", value=vad.seconds if vad else 0.0)

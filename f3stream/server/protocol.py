@@ -46,6 +46,7 @@ DTYPES = {"float32": DTYPE_FLOAT32, "float16": DTYPE_FLOAT16}
 NP_DTYPES = {DTYPE_FLOAT32: np.dtype("<f4"), DTYPE_FLOAT16: np.dtype("<f2")}
 
 FLAG_FINAL = 1     # the last frames of a flushed stream
+FLAG_SPEECH_PROB = 2   # n_rows float32 speech probabilities follow the payload ("vad": true)
 
 # -- close codes (WebSocket close frames) -----------------------------------------------------
 CLOSE_NORMAL = 1000
@@ -102,7 +103,7 @@ class ProtocolError(F3StreamError, ValueError):
 
 # -- handshake --------------------------------------------------------------------------------
 HELLO_FIELDS = {"type", "version", "sample_rate", "format", "return", "direction",
-                "payload_dtype", "token"}
+                "payload_dtype", "token", "vad"}   # "vad": version 2 only
 FORMATS = ("pcm16", "float32")                 # version 1
 FORMATS_V2 = (*FORMATS, *g711.LAWS)            # version 2 adds G.711 "mulaw" and "alaw"
 RETURNS = ("latents", "representations", "both")
@@ -120,6 +121,7 @@ class Hello:
     direction: str = "encode"
     payload_dtype: str = "float32"
     token: str | None = field(default=None, repr=False)
+    vad: bool = False              # version 2: speech probabilities and speech events
 
     @property
     def wants_representations(self) -> bool:
@@ -139,6 +141,8 @@ class Hello:
                              "payload_dtype": self.payload_dtype}
         if self.token is not None:
             d["token"] = self.token
+        if self.vad:
+            d["vad"] = True
         return json.dumps(d)
 
 
@@ -184,6 +188,9 @@ def parse_hello(obj: dict[str, Any], expected_sample_rate: int) -> Hello:
         raise ProtocolError("unsupported_version", f"protocol version {version} is not "
                                                    f"supported; this server speaks "
                                                    f"{list(SUPPORTED_VERSIONS)}")
+    if version == 1 and "vad" in obj:  # version 1 clients get exactly version 1
+        raise ProtocolError("unknown_field", 'version 1 does not define "vad"; say version 2 '
+                                             "for voice activity")
     sr = obj.get("sample_rate")
     if not _is_int(sr):
         raise ProtocolError("bad_field", '"sample_rate" must be an integer (Hz)')
@@ -199,12 +206,18 @@ def parse_hello(obj: dict[str, Any], expected_sample_rate: int) -> Hello:
     token = obj.get("token")
     if token is not None and not isinstance(token, str):
         raise ProtocolError("bad_field", '"token" must be a string')
+    vad = obj.get("vad", False)
+    if not isinstance(vad, bool):
+        raise ProtocolError("bad_field", '"vad" must be true or false')
+    direction = _choice(obj, "direction", DIRECTIONS)
+    if vad and direction != "encode":
+        raise ProtocolError("bad_field", '"vad" needs the encode direction (it listens to the '
+                                         "client's audio)")
     return Hello(version=version, sample_rate=sr,
                  format=_choice(obj, "format", FORMATS if version == 1 else FORMATS_V2),
-                 returns=_choice(obj, "return", RETURNS),
-                 direction=_choice(obj, "direction", DIRECTIONS),
+                 returns=_choice(obj, "return", RETURNS), direction=direction,
                  payload_dtype=_choice(obj, "payload_dtype", tuple(DTYPES)),
-                 token=token)
+                 token=token, vad=vad)
 
 
 def _is_int(x: Any) -> bool:
@@ -301,6 +314,7 @@ class FrameMessage:
     send_us: int = 0               # server wall clock (µs) when this message was sent
     final: bool = False
     dtype: int = DTYPE_FLOAT32
+    speech_prob: np.ndarray | None = None   # float32 [n_rows]: with "vad": true
 
     @property
     def n_rows(self) -> int:
@@ -308,14 +322,23 @@ class FrameMessage:
 
 
 def encode_frame(kind: int, seq: int, frame_index: int, payload: np.ndarray, dtype: int,
-                 recv_us: int, send_us: int, final: bool = False) -> bytes:
-    """Header + little-endian payload. ``payload`` is 2-D ``[n_rows, row_width]``."""
+                 recv_us: int, send_us: int, final: bool = False,
+                 speech_prob: np.ndarray | None = None) -> bytes:
+    """Header + little-endian payload (+ one float32 speech probability per row, flagged,
+    for sessions with voice activity). ``payload`` is 2-D ``[n_rows, row_width]``."""
     if payload.ndim != 2:
         raise ValueError("payload must be 2-D")
     n, w = payload.shape
-    head = HEADER.pack(MAGIC, FRAME_VERSION, kind, dtype, FLAG_FINAL if final else 0,
-                       seq & 0xFFFFFFFF, frame_index, n, w, recv_us, send_us)
-    return head + np.ascontiguousarray(payload, dtype=NP_DTYPES[dtype]).tobytes()
+    flags = FLAG_FINAL if final else 0
+    tail = b""
+    if speech_prob is not None:
+        if speech_prob.shape != (n,):
+            raise ValueError(f"speech_prob must have one value per row ({n})")
+        flags |= FLAG_SPEECH_PROB
+        tail = np.ascontiguousarray(speech_prob, dtype="<f4").tobytes()
+    head = HEADER.pack(MAGIC, FRAME_VERSION, kind, dtype, flags, seq & 0xFFFFFFFF,
+                       frame_index, n, w, recv_us, send_us)
+    return head + np.ascontiguousarray(payload, dtype=NP_DTYPES[dtype]).tobytes() + tail
 
 
 def parse_frame(data: Any) -> FrameMessage:
@@ -337,12 +360,19 @@ def parse_frame(data: Any) -> FrameMessage:
     if dtype not in NP_DTYPES:
         raise ProtocolError("bad_message", f"unknown payload dtype {dtype}")
     size = NP_DTYPES[dtype].itemsize
-    if len(data) - HEADER_SIZE != n * w * size:
+    probs = 4 * n if flags & FLAG_SPEECH_PROB else 0
+    if len(data) - HEADER_SIZE != n * w * size + probs:
         raise ProtocolError("bad_message", f"payload of {len(data) - HEADER_SIZE} bytes does not "
-                                           f"match [{n}, {w}] x {size}")
-    payload = np.frombuffer(data, NP_DTYPES[dtype], offset=HEADER_SIZE).astype(np.float32)
+                                           f"match [{n}, {w}] x {size}"
+                                           + (f" + {n} speech probabilities" if probs else ""))
+    payload = np.frombuffer(data, NP_DTYPES[dtype], count=n * w,
+                            offset=HEADER_SIZE).astype(np.float32)
+    speech_prob = None
+    if probs:
+        speech_prob = np.frombuffer(data, "<f4", count=n,
+                                    offset=HEADER_SIZE + n * w * size).astype(np.float32)
     return FrameMessage(kind, seq, index, payload.reshape(n, w), recv_us, send_us,
-                        bool(flags & FLAG_FINAL), dtype)
+                        bool(flags & FLAG_FINAL), dtype, speech_prob)
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -33,8 +33,9 @@ from .connection import BoundedConnection
 from .live import LiveSession, Op, Work, now_us
 from .metrics import PROMETHEUS_TEXT, Metrics
 from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, HEADER_SIZE, KIND_AUDIO,
-                       SUPPORTED_VERSIONS, ProtocolError, decode_audio, decode_latents,
+                       SUPPORTED_VERSIONS, Hello, ProtocolError, decode_audio, decode_latents,
                        encode_frame, error_message, parse_control, parse_hello, parse_text)
+from .vad import VadModel, VadParams, VadStream, VadUnavailable
 from .web import static_response
 
 log = logging.getLogger("f3stream.server")
@@ -90,6 +91,10 @@ class F3Server:
             False: [], True: [], None: []}
         self.shutting_down = False
         self._closed = asyncio.Event()
+        # the VAD model, loaded (off the event loop) by the first hello with "vad": true;
+        # without one no VAD code runs
+        self._vad_model: asyncio.Future[VadModel] | None = None
+        self.vad_params = VadParams()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> "F3Server":
@@ -246,6 +251,11 @@ class F3Server:
                 (hello.token or "").encode(), self.cfg.token.encode()):
             await self._reject(ws, "unauthorized", "missing or wrong token")
             return None
+        try:  # before the checks below: it may wait for the model to load
+            vad = await self._vad_stream(hello)
+        except VadUnavailable as e:
+            await self._reject(ws, "bad_field", f'"vad" is not available here: {e}')
+            return None
         if self.shutting_down:
             await self._reject(ws, "shutting_down", "the server is shutting down")
             return None
@@ -259,11 +269,22 @@ class F3Server:
         sid = next(self._ids)
         session = LiveSession(sid, ws, hello, coder, self.cfg.send_queue,
                               self.tok.hop_length if hello.direction == "encode" else 1,
-                              self.cfg.close_timeout, self.tok.sample_rate)
+                              self.cfg.close_timeout, self.tok.sample_rate, vad)
         self.sessions[sid] = session
         self.metrics.sessions_total += 1
         session.send_text(json.dumps(self._ready(session)), force=True)
         return session
+
+    async def _vad_stream(self, hello: Hello) -> VadStream | None:
+        """The session's voice activity if its hello asks for it (else None: no VAD work at
+        all). The model is loaded once, by the first such hello, in a thread."""
+        if not hello.vad:
+            return None
+        if self._vad_model is None:
+            self._vad_model = asyncio.get_running_loop().run_in_executor(None, VadModel)
+        model = await asyncio.shield(self._vad_model)
+        self.metrics.vad = model
+        return VadStream(model, self.tok.sample_rate, self.tok.hop_length, self.vad_params)
 
     def _pooled_session(self, representations: bool | None
                         ) -> EncoderSession | DecoderSession:
@@ -297,7 +318,9 @@ class F3Server:
             rates = ((s.hello.sample_rate, tok.sample_rate) if s.encoder
                      else (tok.sample_rate, s.hello.sample_rate))
             ready.update(client_sample_rate=s.hello.sample_rate,
-                         resampler_latency_ms=stream_latency_ms(*rates))
+                         resampler_latency_ms=stream_latency_ms(*rates),
+                         vad=False if s.vad is None else s.vad.model.describe(
+                             self.vad_params, 1000.0 / tok.frame_rate))
         return ready
 
     async def _read(self, ws: BoundedConnection, s: LiveSession) -> None:
@@ -414,10 +437,10 @@ class F3Server:
                     await ws.close(item[1], item[2])
                     return
                 else:
-                    _, kind, seq, index, payload, recv_us, final = item
+                    _, kind, seq, index, payload, recv_us, final, speech_prob = item
                     send_us = now_us()
                     await ws.send(encode_frame(kind, seq, index, payload, s.dtype, recv_us,
-                                               send_us, final))
+                                               send_us, final, speech_prob))
                     if kind == KIND_AUDIO:  # one message of samples: one decoded frame
                         self.metrics.record_send(1, (send_us - recv_us) / 1000.0, "decode")
                     else:
