@@ -25,6 +25,9 @@ from .protocol import (FORMATS, KIND_AUDIO, KIND_BOTH, KIND_LATENTS, PROTOCOL_VE
                        FrameMessage, Hello, ProtocolError, parse_frame)
 
 
+SPEECH_EVENTS = ("speech_start", "speech_end")   # voice-activity messages ("vad": true)
+
+
 class ServerError(F3StreamError):
     """The server answered with an error message or closed the connection abnormally."""
 
@@ -48,6 +51,8 @@ class StreamResult:
     server_latency_ms: list[float] = field(default_factory=list)  # header send_us - recv_us
     sample_rate: int = 24000       # of ``audio``: the client's rate (protocol version 2)
     frame_rate: int = 25
+    speech_prob: np.ndarray | None = None   # per frame, with "vad": true
+    events: list[dict[str, Any]] = field(default_factory=list)  # speech_start / speech_end
 
     @property
     def n_frames(self) -> int:
@@ -70,21 +75,30 @@ class AsyncClient:
 
     ``on_frame`` is called with each frame message as it arrives (in the receiving task), for
     callers that forward frames as they come (a long-lived voice-agent stream): the messages
-    then go to it instead of being kept for :meth:`result`, so memory stays flat."""
+    then go to it instead of being kept for :meth:`result`, so memory stays flat.
+
+    ``vad`` asks for voice activity (protocol version 2): frame messages then carry
+    ``speech_prob``, and the ``speech_start`` / ``speech_end`` messages are kept in
+    :attr:`events`, or handed to ``on_event`` as they arrive when it is given."""
 
     def __init__(self, url: str, *, direction: str = "encode", returns: str = "both",
                  format: str = "float32", payload_dtype: str = "float32",
                  token: str | None = None, sample_rate: int = 24000,
                  open_timeout: float = 10.0, max_size: int | None = 1 << 24,
                  version: int | None = None,
-                 on_frame: Callable[[FrameMessage], None] | None = None):
+                 on_frame: Callable[[FrameMessage], None] | None = None,
+                 vad: bool = False,
+                 on_event: Callable[[dict[str, Any]], None] | None = None):
         self.url = url
         self.on_frame = on_frame
+        self.on_event = on_event
         if version is None:
-            version = 1 if sample_rate == 24000 and format in FORMATS else PROTOCOL_VERSION
+            version = (1 if sample_rate == 24000 and format in FORMATS and not vad
+                       else PROTOCOL_VERSION)
         self.hello = Hello(version=version, sample_rate=sample_rate, format=format,
                            returns=returns, direction=direction, payload_dtype=payload_dtype,
-                           token=token)
+                           token=token, vad=vad)
+        self.events: list[dict[str, Any]] = []  # speech_start / speech_end (without on_event)
         self.open_timeout = open_timeout
         self.max_size = max_size
         self.ws: ClientConnection | None = None
@@ -144,7 +158,12 @@ class AsyncClient:
                         self.on_frame(m)
                     continue
                 msg = json.loads(raw)
-                if msg.get("type") == "flushed":
+                if msg.get("type") in SPEECH_EVENTS:
+                    if self.on_event is None:
+                        self.events.append(msg)
+                    else:
+                        self.on_event(msg)
+                elif msg.get("type") == "flushed":
                     self._flushed.set()
                 elif msg.get("type") == "error":
                     self.error = ServerError(msg.get("code"), msg.get("message"))
@@ -251,10 +270,12 @@ class AsyncClient:
         """Reassembles the received frames (by frame index) and the latencies."""
         res = StreamResult(sample_rate=self.sample_rate,
                            frame_rate=int(self.ready.get("frame_rate", 25)))
-        lat, rep, audio = [], [], []
+        lat, rep, audio, speech = [], [], [], []
         ld = int(self.ready.get("latent_dim", 0))
         for m, _ in self.messages:
             res.messages += 1
+            if m.speech_prob is not None:
+                speech.append(m.speech_prob)
             res.server_latency_ms.append((m.send_us - m.recv_us) / 1000.0)
             if m.kind == KIND_AUDIO:
                 audio.append(m.payload[0])
@@ -273,6 +294,9 @@ class AsyncClient:
             res.representations = np.concatenate(rep)
         if audio:
             res.audio = np.concatenate(audio)
+        if speech:
+            res.speech_prob = np.concatenate(speech)
+        res.events = list(self.events)
         return res
 
 
