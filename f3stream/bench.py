@@ -176,9 +176,11 @@ import f3stream
 tok = f3stream.load({checkpoint!r}, "cpu", {backend!r}{options})
 t1 = time.perf_counter()
 z = tok.session().push(np.zeros(tok.hop_length, np.float32)).latents
-tok.decoder_session().push(z)
+wav = tok.decoder_session().push(z)
 t2 = time.perf_counter()
-print(json.dumps({{"load_s": t1 - t0, "first_frame_s": t2 - t1, "total_s": t2 - t0}}))
+print(json.dumps({{"load_s": t1 - t0, "first_frame_s": t2 - t1, "total_s": t2 - t0,
+                  "latent_shape": list(z.shape), "audio_samples": int(wav.size),
+                  "finite": bool(np.isfinite(z).all() and np.isfinite(wav).all())}}))
 """
 
 
@@ -236,7 +238,7 @@ def measure_mimi(frames: int = 100, threads: int = 1, toks: dict | None = None
             t0 = time.perf_counter()
             codes = model.encode(x)
             t1 = time.perf_counter()
-            model.decode(codes)
+            decoded = model.decode(codes)
             t2 = time.perf_counter()
             if i >= 5:
                 enc_t.append(t1 - t0)
@@ -252,6 +254,9 @@ def measure_mimi(frames: int = 100, threads: int = 1, toks: dict | None = None
            "decode_step": _percentiles(dec_t), "rtf": per / frame_s,
            "streams_per_core": int(frame_s // per), "build_s": build_s, "frames": frames,
            "weights": "random (moshi.models.loaders.get_mimi(None))",
+           # what the last step computed: [batch, codebooks, frames] codes, frame_size samples
+           "codes_shape": list(codes.shape), "decoded_samples": int(decoded.shape[-1]),
+           "decoded_finite": bool(torch.isfinite(decoded).all()),
            "interleaved_f3_rtf": {b: float(np.mean(t)) / frame_s for b, t in f3_t.items()}}
     return out
 
