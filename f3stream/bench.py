@@ -265,7 +265,9 @@ def run_bench(backends: list[str], checkpoint: str | None = None, seconds: float
               frames: int = 300, threads: int = 1, cold_start: bool = True,
               first_run: bool = False, mimi: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(threads),
-                              "checkpoint": checkpoint or "bundled", "backends": {}}
+                              "checkpoint": checkpoint or "bundled", "backends": {},
+                              # a shared machine's load moves every figure: record it
+                              "load_average_before": list(os.getloadavg())}
     measured = measure_backends(backends, checkpoint, seconds, frames, threads)
     for b in backends:
         r = measured[b]
@@ -285,13 +287,25 @@ def run_bench(backends: list[str], checkpoint: str | None = None, seconds: float
             report["mimi"] = m
             for b, rtf in m["interleaved_f3_rtf"].items():
                 report["backends"][b]["speedup_vs_mimi"] = m["rtf"] / rtf
+    from .threads import blas_info
+
+    report["blas"] = blas_info()  # the kernels numba's products ran on
+    if "numba" in backends:  # and how it split them (measured once per process, cached)
+        from .backends.numba_backend import gemm_plan
+
+        report["gemm_plan"] = list(gemm_plan())
+    report["load_average_after"] = list(os.getloadavg())
     return report
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
+    load = ""
+    if "load_average_before" in report:
+        load = (f" Load average (1 min) {report['load_average_before'][0]:.1f} before, "
+                f"{report.get('load_average_after', [float('nan')])[0]:.1f} after.")
     lines = [f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} "
-             f"thread(s); torch {m['torch']}, Python {m['python']}.", "",
+             f"thread(s); torch {m['torch']}, Python {m['python']}.{load}", "",
              "| backend | encode step p50 / p99 (ms) | decode step p50 / p99 (ms) | "
              "encode+represent RTF | decode RTF | state enc / dec (KiB) | cold start (s) | "
              "streams / core (serial / batched) |",
