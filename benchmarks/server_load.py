@@ -10,6 +10,7 @@ have), or all at the same instant with --aligned.
 
     python benchmarks/server_load.py --clients 100 --duration 20 --return latents
     python benchmarks/server_load.py --clients 100 --duration 20 --direction decode
+    python benchmarks/server_load.py --clients 100 --duration 20 --vad   # + voice activity
 """
 
 from __future__ import annotations
@@ -94,12 +95,13 @@ async def one_decode_client(url: str, seed: int, duration: float, phase: float,
 
 
 async def one_client(url: str, seed: int, duration: float, chunk_ms: float, returns: str,
-                     phase: float, start: "Barrier") -> dict:
+                     phase: float, start: "Barrier", vad: bool = False) -> dict:
+    """Streams noise (with ``vad``, the VAD's cost does not depend on what it hears)."""
     rng = np.random.RandomState(seed)
     n = int(duration * SR)
     wav = (rng.randn(n) * 0.1).astype(np.float32)
     step = int(SR * chunk_ms / 1000)
-    async with AsyncClient(url, returns=returns, format="pcm16") as c:
+    async with AsyncClient(url, returns=returns, format="pcm16", vad=vad) as c:
         await start.wait()
         t0 = first_send_time(phase)
         late = 0
@@ -115,7 +117,8 @@ async def one_client(url: str, seed: int, duration: float, chunk_ms: float, retu
         err = c.error
     return {"expected": math.ceil(n / HOP), "received": res.n_frames,
             "latency": res.latency_ms, "server_latency": res.server_latency_ms,
-            "late_sends": late, "error": str(err) if err else None}
+            "late_sends": late, "error": str(err) if err else None,
+            "speech_probs": 0 if res.speech_prob is None else res.speech_prob.size}
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -158,7 +161,7 @@ async def run(args, port: int) -> dict:
                    for i in range(args.clients)]
     else:
         clients = [one_client(url, i, args.duration, args.chunk_ms, args.returns, phases[i],
-                              start) for i in range(args.clients)]
+                              start, args.vad) for i in range(args.clients)]
     results = await asyncio.gather(*clients)
     lat = [x for r in results for x in r["latency"]]
     slat = [x for r in results for x in r["server_latency"]]
@@ -167,6 +170,7 @@ async def run(args, port: int) -> dict:
     return {
         "clients": args.clients, "duration_s": args.duration, "direction": args.direction,
         "return": args.returns if args.direction == "encode" else "audio",
+        "vad": args.vad,
         "chunk_ms": args.chunk_ms, "phases": "aligned" if args.aligned else "uniform",
         "server_threads": args.threads, "model_workers": args.model_workers,
         "backend": args.backend,
@@ -184,6 +188,9 @@ async def run(args, port: int) -> dict:
                               "max": max(slat) if slat else None},
         "server_mean_batch_sessions": metrics.get("mean_batch_sessions"),
         "server_model_step_ms": metrics.get("model_step_ms"),
+        # with --vad: frames that came with a speech probability, and the VAD model's work
+        "frames_with_speech_prob": sum(r.get("speech_probs", 0) for r in results),
+        "server_vad": metrics.get("vad"),
         "server_engine": metrics.get("engine"),  # engine, gemm plan, BLAS kernels
     }
 
@@ -196,6 +203,8 @@ def main() -> None:
     p.add_argument("--direction", choices=("encode", "decode"), default="encode",
                    help="encode: audio in, tokens out; decode: one latent frame per 40 ms in, "
                         "audio out")
+    p.add_argument("--vad", action="store_true",
+                   help="clients ask for voice activity (hello \"vad\": true, protocol v2)")
     p.add_argument("--return", dest="returns", default="latents",
                    choices=("latents", "representations", "both"))
     p.add_argument("--aligned", action="store_true",

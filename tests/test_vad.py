@@ -390,11 +390,17 @@ def test_vad_sessions_beside_plain_ones(tiny_tokenizer, model):
     ref_p, ref_e = vad_offline(model, x)
 
     async def one(url, vad, seed):
-        async with AsyncClient(url, vad=vad, returns="latents") as c:
+        handed = []  # the first vad session takes its events through on_event
+        async with AsyncClient(url, vad=vad, returns="latents",
+                               on_event=handed.append if seed == 0 else None) as c:
             await send_all(c, x, [480 + 37 * seed])
             await c.close()
         assert c.error is None, c.error
-        return c.result()
+        res = c.result()
+        if seed == 0:
+            assert res.events == [] and handed
+            res.events = handed
+        return res
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -428,3 +434,26 @@ def test_server_without_silero_refuses_vad_clearly(tiny_tokenizer, monkeypatch):
     err, c = run(main())
     assert err.code == "bad_field" and "silero-vad" in err.message and err.close_code == 4000
     assert c.error is None and c.result().n_frames == 1
+
+
+def test_load_benchmark_with_vad():
+    """benchmarks/server_load.py --vad, small: every frame arrives with a speech probability
+    and the report carries the VAD model's work (calls, windows, CPU time per window)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "server_load.py"),
+                          "--clients", "3", "--duration", "1.5", "--vad"], capture_output=True,
+                         text=True, timeout=300, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["vad"] is True and report["client_errors"] == []
+    assert report["frames_lost"] == 0
+    assert report["frames_with_speech_prob"] == report["frames_expected"] == 3 * 38
+    vad = report["server_vad"]
+    assert vad["windows_total"] >= 3 * 1.5 * 16000 // 512 - 3
+    assert vad["calls_total"] <= vad["windows_total"]
+    assert 0 < vad["cpu_us_per_window"] < 100_000

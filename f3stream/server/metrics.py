@@ -110,14 +110,16 @@ class Metrics:
         }
 
     def _vad_snapshot(self) -> dict[str, Any] | None:
-        """The VAD's work so far: model calls, windows (32 ms each), the time they took."""
+        """The VAD model's work so far: calls, windows (32 ms of a session's audio each), the
+        wall and CPU time they took (a stream needs 31.25 windows a second)."""
         v = self.vad
         if v is None:
             return None
+        per = (lambda t: round(t / v.windows * 1e6, 1)) if v.windows else (lambda t: None)
         return {"calls_total": v.calls, "windows_total": v.windows,
-                "seconds_total": round(v.seconds, 4),
+                "seconds_total": round(v.seconds, 4), "cpu_seconds_total": round(v.cpu_seconds, 4),
                 "mean_batch": round(v.windows / v.calls, 2) if v.calls else None,
-                "us_per_window": round(v.seconds / v.windows * 1e6, 1) if v.windows else None}
+                "us_per_window": per(v.seconds), "cpu_us_per_window": per(v.cpu_seconds)}
 
     def expose(self) -> bytes:
         """The ``/metrics`` body: the Prometheus text exposition of this server's registry."""
@@ -158,3 +160,6 @@ class _Counts(Collector):
                                   "a session's audio each) run", value=vad.windows if vad else 0)
         yield CounterMetricFamily("f3stream_vad_seconds", "Time spent in voice-activity model "
                                   "calls", value=vad.seconds if vad else 0.0)
+        yield CounterMetricFamily("f3stream_vad_cpu_seconds", "CPU time of the voice-activity "
+                                  "model calls (their thread's)",
+                                  value=vad.cpu_seconds if vad else 0.0)
