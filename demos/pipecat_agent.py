@@ -197,14 +197,14 @@ class WavSink(FrameProcessor):
 class SpeakerSink(FrameProcessor):
     """Plays the output audio frames on the default output device (sounddevice)."""
 
-    def __init__(self, sample_rate: int, **kwargs):
+    def __init__(self, sample_rate: int, device: str | None = None, **kwargs):
         super().__init__(**kwargs)
         import sounddevice
 
         self.sample_rate = sample_rate
         self.samples = 0
         self._stream = sounddevice.RawOutputStream(samplerate=sample_rate, channels=1,
-                                                   dtype="int16")
+                                                   dtype="int16", device=device)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -230,18 +230,19 @@ def file_frames(path: Path, frame_ms: float = 20.0):
     return frames, rate, pcm.shape[1], len(pcm) / rate
 
 
-async def mic_frames(seconds: float, frame_ms: float = 20.0):
-    """InputAudioRawFrames from the default input device at its own rate, for ``seconds``."""
+async def mic_frames(seconds: float, device: str | None = None, frame_ms: float = 20.0):
+    """InputAudioRawFrames from an input device (default: the system's) at the device's own
+    rate, for ``seconds``."""
     import sounddevice
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    rate = int(sounddevice.query_devices(kind="input")["default_samplerate"])
+    rate = int(sounddevice.query_devices(device, kind="input")["default_samplerate"])
 
     def callback(data, n, t, status):  # PortAudio's thread: hand the block to the loop
         loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
 
-    with sounddevice.RawInputStream(samplerate=rate, channels=1, dtype="int16",
+    with sounddevice.RawInputStream(samplerate=rate, channels=1, dtype="int16", device=device,
                                     blocksize=int(rate * frame_ms / 1000), callback=callback):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -261,6 +262,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="how long --mic listens")
     p.add_argument("--out", default="agent-reply.wav", help="output wav (default %(default)s)")
     p.add_argument("--speaker", action="store_true", help="play the answers instead of --out")
+    p.add_argument("--device", help="sounddevice name or index of the microphone and speaker "
+                   "(default: the system's)")
     p.add_argument("--out-rate", type=int, default=24000, help="output rate (Hz)")
     p.add_argument("--url", help="tokenize on an `f3stream serve` at this ws:// URL")
     p.add_argument("--token", help="the server's token (with --url)")
@@ -280,6 +283,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give an input file or --mic (one of them)")
     if args.input and not Path(args.input).is_file():
         p.error(f"no such file: {args.input}")
+    if args.mic or args.speaker:
+        try:
+            import sounddevice
+
+            for kind, wanted in (("input", args.mic), ("output", args.speaker)):
+                if wanted:
+                    sounddevice.query_devices(args.device, kind=kind)
+        except Exception as e:  # no PortAudio, no such device
+            p.error(f"no audio device for --mic/--speaker: {e}")
     return args
 
 
@@ -292,7 +304,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     agent = ParrotAgent(threshold_db=args.threshold_db, hangover_s=args.hangover,
                         verbose=args.verbose)
     decoder = DecoderProcessor(tok, sample_rate=args.out_rate)
-    sink = SpeakerSink(args.out_rate) if args.speaker else WavSink(Path(args.out), args.out_rate)
+    sink = (SpeakerSink(args.out_rate, args.device) if args.speaker
+            else WavSink(Path(args.out), args.out_rate))
     worker = PipelineWorker(Pipeline([encoder, agent, decoder, sink]), enable_rtvi=False,
                             idle_timeout_secs=None, cancel_on_idle_timeout=False,
                             params=PipelineParams(audio_out_sample_rate=args.out_rate))
@@ -304,7 +317,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         print(f"pipecat_agent: error: {frame.error}", file=sys.stderr)
 
     if args.mic:
-        source, what = mic_frames(args.seconds), f"the microphone for {args.seconds:g} s"
+        source = mic_frames(args.seconds, args.device)
+        what = f"the microphone for {args.seconds:g} s"
     else:
         frames, rate, channels, seconds = file_frames(Path(args.input))
         source = frames
