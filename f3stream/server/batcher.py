@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..session import DecoderSession, EncoderSession
+from ..session import DecoderSession, EncodedFrames, EncoderSession
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work, now_us
 from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
@@ -89,7 +89,7 @@ def _decode_group(tok: Tokenizer, group: list[Work]) -> None:
             _emit_audio(w, start, w.session.resample(wav), w.marks[-1][1])
 
 
-def _encode_group(tok: Tokenizer, group: list[Work]) -> list[tuple[Work, object]]:
+def _encode_group(tok: Tokenizer, group: list[Work]) -> list[tuple[Work, EncodedFrames]]:
     """The group's batched step: (work, frames) of the sessions that completed frames."""
     results = _batched(group, tok.step_sessions, lambda c, x: c.push(x),
                        lambda c: c.samples_received)
@@ -112,7 +112,7 @@ def _vad(items: list[Work]) -> None:
             w.error = ("internal", f"voice activity step failed: {type(e).__name__}: {e}")
 
 
-def _emit_frames(w: Work, r, recv_us: int, final: bool = False) -> None:
+def _emit_frames(w: Work, r: EncodedFrames, recv_us: int, final: bool = False) -> None:
     kind = w.session.hello.output_kind
     if kind == KIND_LATENTS:
         payload = r.latents
