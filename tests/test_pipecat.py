@@ -18,7 +18,8 @@ pytest.importorskip("pipecat", reason="pipecat-ai is not installed: pip install 
 pytest.importorskip("websockets")
 
 from pipecat.frames.frames import (EndFrame, ErrorFrame, Frame,  # noqa: E402
-                                   InputAudioRawFrame, OutputAudioRawFrame)
+                                   InputAudioRawFrame, InterruptionFrame,
+                                   OutputAudioRawFrame)
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
@@ -141,6 +142,7 @@ def test_encoder_and_decoder_at_24k_equal_encode_and_decode(tiny_tokenizer):
     assert np.abs(reps - ref.representations).max() <= 1e-5
     latents = down.of(LatentFrame)
     assert latents[0].frame_index == 0 and latents[-1].final and not latents[0].final
+    assert not any(f.interruptible for f in latents)  # the user's latents survive a barge-in
     assert all(f.input_time is not None for f in latents[:-1])
     assert latents[-1].end_s == pytest.approx(ref.latents.shape[0] / 25)
     assert enc.frames_out == dec.frames_in == ref.latents.shape[0]
@@ -188,6 +190,39 @@ def test_decoder_output_at_the_pipeline_rate(tiny_tokenizer, rate):
     assert {f.sample_rate for f in out} == {rate} and dec.output_rate == rate
     audio = np.concatenate([np.frombuffer(f.audio, "<i2") for f in out]) / 32768
     ref = np.clip(offline_resampled(tok.decode(lat), 24000, rate), -1, 32767 / 32768)
+    assert audio.shape == ref.shape and np.abs(audio - ref).max() <= LSB
+
+
+def test_decoder_starts_afresh_after_an_interruption(tiny_tokenizer):
+    """A barge-in (InterruptionFrame) while the bot talks: the next reply's audio is
+    Tokenizer.decode of that reply alone, not the continuation of the interrupted one."""
+    tok = tiny_tokenizer
+    first, reply = tok.encode(noise(8, 9600)), tok.encode(noise(9, 7000))
+
+    async def feed(worker, down):
+        await worker.queue_frame(LatentFrame(latents=first, representations=None,
+                                             frame_index=0))
+        for _ in range(500):
+            if down.of(OutputAudioRawFrame):
+                break
+            await asyncio.sleep(0.01)
+        n_before = len(down.of(OutputAudioRawFrame))
+        await worker.queue_frame(InterruptionFrame())
+        for _ in range(500):
+            if down.of(InterruptionFrame):
+                break
+            await asyncio.sleep(0.01)
+        feed.n_before = n_before
+        await worker.queue_frames([LatentFrame(latents=reply, representations=None,
+                                               frame_index=0), EndFrame()])
+
+    down, _ = run(run_pipeline([DecoderProcessor(tok)], feed))
+    out = down.of(OutputAudioRawFrame)
+    after = [f for f in down.frames[down.frames.index(down.of(InterruptionFrame)[0]):]
+             if isinstance(f, OutputAudioRawFrame)]
+    assert out[:feed.n_before] and after
+    audio = np.concatenate([np.frombuffer(f.audio, "<i2") for f in after]) / 32768
+    ref = np.clip(tok.decode(reply), -1, 32767 / 32768)
     assert audio.shape == ref.shape and np.abs(audio - ref).max() <= LSB
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pipecat.frames.frames import (CancelFrame, EndFrame, Frame, OutputAudioRawFrame,
-                                   StartFrame)
+from pipecat.frames.frames import (CancelFrame, EndFrame, Frame, InterruptionFrame,
+                                   OutputAudioRawFrame, StartFrame)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from ...resampling import StreamResampler
@@ -29,6 +29,9 @@ class DecoderProcessor(FrameProcessor):
     * The audio is aligned with the audio the latents were encoded from: the decoder's 10 ms
       overlap-add look-ahead is held back and pushed, with the resampler's tail, before the
       ``EndFrame`` goes on, so the stream's audio is ``Tokenizer.decode`` of its latents.
+    * ``InterruptionFrame`` (the user barged in): the bot stops talking. Pipecat drops the
+      latent frames still queued here, and the decoder starts afresh, so the next reply does
+      not begin with the end of the interrupted one.
     * ``pass_latents`` also forwards the latent frames (e.g. to a recorder after this step).
     * ``frame_class`` picks the audio frame type (e.g. pipecat's ``TTSAudioRawFrame``).
     """
@@ -65,11 +68,16 @@ class DecoderProcessor(FrameProcessor):
                 await self.push_frame(frame, direction)
             if self._session is not None:
                 self.frames_in += frame.n_frames
-                await self._push_audio(await self._call(self._decode, frame.latents))
+                await self._push_audio(await self._call(
+                    _decode, self._session, self._resampler, frame.latents))
+        elif isinstance(frame, InterruptionFrame):
+            if self._session is not None:
+                self._begin(self._resampler.out_rate)
+            await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
             if self._session is not None:
-                await self._push_audio(await self._call(self._tail))
-                self._session = None
+                session, self._session = self._session, None
+                await self._push_audio(await self._call(_tail, session, self._resampler))
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
             self._session = None
@@ -77,8 +85,10 @@ class DecoderProcessor(FrameProcessor):
         else:
             await self.push_frame(frame, direction)
 
-    def _begin(self) -> None:
-        rate = self.sample_rate
+    def _begin(self, rate: int | None = None) -> None:
+        """A new stream: a fresh decoder session and resampler (at ``rate``, else the chosen
+        or the pipeline's output rate)."""
+        rate = rate or self.sample_rate
         if rate is None:
             try:
                 rate = int(self.processor_setup.audio_out_sample_rate)
@@ -88,13 +98,6 @@ class DecoderProcessor(FrameProcessor):
         self._resampler = StreamResampler(self.tokenizer.sample_rate, rate)
         self.frames_in = 0
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
-        return self._resampler.process(self._session.push(latents))
-
-    def _tail(self) -> np.ndarray:
-        last = self._resampler.process(self._session.flush())
-        return np.concatenate([last, self._resampler.flush()])
-
     async def _call(self, fn: Callable, *args: Any):
         return await asyncio.to_thread(fn, *args) if self.offload else fn(*args)
 
@@ -103,3 +106,14 @@ class DecoderProcessor(FrameProcessor):
             await self.push_frame(self.frame_class(audio=pcm16_bytes(pcm),
                                                    sample_rate=self.output_rate,
                                                    num_channels=1))
+
+
+# Module functions with the session passed in: a worker thread still finishing a frame of an
+# interrupted stream works on that stream's objects, never on the next stream's.
+def _decode(session: "DecoderSession", resampler: StreamResampler, latents: np.ndarray
+            ) -> np.ndarray:
+    return resampler.process(session.push(latents))
+
+
+def _tail(session: "DecoderSession", resampler: StreamResampler) -> np.ndarray:
+    return np.concatenate([resampler.process(session.flush()), resampler.flush()])

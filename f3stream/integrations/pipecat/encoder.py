@@ -85,7 +85,9 @@ class EncoderProcessor(AudioToLatents):
         if not out.n_frames:
             return
         self.frames_out += out.n_frames
-        await self.push_frame(LatentFrame(
-            latents=out.latents, representations=out.representations,
-            frame_index=out.start_frame, frame_rate=float(self.tokenizer.frame_rate),
-            final=final, input_time=arrived))
+        frame = LatentFrame(latents=out.latents, representations=out.representations,
+                            frame_index=out.start_frame,
+                            frame_rate=float(self.tokenizer.frame_rate), final=final,
+                            input_time=arrived)
+        frame.interruptible = False  # the user's latents survive a barge-in (LatentFrame)
+        await self.push_frame(frame)

@@ -16,7 +16,10 @@ class LatentFrame(DataFrame):
     """Consecutive 40 ms frames of one stream: rows ``frame_index .. frame_index + n - 1``.
 
     A data frame, so it travels in order with the pipeline's other data and control frames
-    (an ``EndFrame`` never overtakes it). Times are stream times (the audio the frames were
+    (an ``EndFrame`` never overtakes it). The encoders push theirs with ``interruptible``
+    False: an ``InterruptionFrame`` (the user barging in) must not drop the user's own
+    latents from a queue; a reply an agent makes is interruptible, as pipecat's data frames
+    are, so barging in silences the bot. Times are stream times (the audio the frames were
     encoded from), not wall-clock times, and ``pts`` is left unset: an output transport holds
     frames with a ``pts`` back until their time comes.
     """

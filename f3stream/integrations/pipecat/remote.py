@@ -6,6 +6,7 @@ then reports a clear error instead of silently losing the stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -71,6 +72,7 @@ class RemoteEncoderProcessor(AudioToLatents):
         self._queue: asyncio.Queue[LatentFrame] = asyncio.Queue()
         self._forwarder: asyncio.Task | None = None
         self._failed = False
+        self._broken = False
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -144,11 +146,13 @@ class RemoteEncoderProcessor(AudioToLatents):
             try:
                 await c.send_audio(x)
             except (ConnectionClosed, OSError):
-                await self._disconnect()
+                self._broken = True  # _connect treats it as lost
                 continue
             self._sent += x.size
             self._marks.append((int(self._sent // self._hop(c)), arrived))
             return
+        raise RemoteUnavailableError(f"f3stream server {self.url} dropped the connection "
+                                     "again right after a reconnection")
 
     @staticmethod
     def _hop(c: AsyncClient) -> float:
@@ -171,7 +175,8 @@ class RemoteEncoderProcessor(AudioToLatents):
     async def _connect(self, rate: int, fmt: str) -> AsyncClient:
         """A new connection (a new stream on the server), after at most
         ``1 + reconnect_attempts`` tries; raises :class:`RemoteUnavailableError`."""
-        lost = self._client is not None and self._client.closed
+        lost = self._client is not None and (self._client.closed or self._broken)
+        self._broken = False
         if self._client is not None and not lost:  # a new rate or format: end the old stream
             try:
                 await self._client.flush(self.flush_timeout)
@@ -194,6 +199,9 @@ class RemoteEncoderProcessor(AudioToLatents):
             c.on_frame = self._receiver(c, self._offset, restarted=self.connections > 0)
             try:
                 await c.connect()
+                self._client = self._last = c
+                self.connections += 1
+                return c
             except ServerError as e:
                 if e.code in PERMANENT_CODES:
                     raise RemoteUnavailableError(
@@ -203,10 +211,8 @@ class RemoteEncoderProcessor(AudioToLatents):
                 raise RemoteUnavailableError(f"bad f3stream server URL {self.url!r}: {e}") from e
             except (OSError, asyncio.TimeoutError, WebSocketException) as e:
                 last = e
-            else:
-                self._client = self._last = c
-                self.connections += 1
-                return c
+            with contextlib.suppress(Exception):  # what a failed attempt may have left open
+                await c.disconnect()
         what = "went away" if lost or self.connections else "is unreachable"
         raise RemoteUnavailableError(
             f"f3stream server {self.url} {what}: {tries} attempt(s) to connect failed over "
@@ -242,6 +248,7 @@ class RemoteEncoderProcessor(AudioToLatents):
                 restarted=first[0],
                 input_time=None if m.final or not self._marks else self._marks[0][1])
             frame.metadata["server_latency_ms"] = (m.send_us - m.recv_us) / 1000.0
+            frame.interruptible = False  # the user's latents survive a barge-in (LatentFrame)
             first[0] = False
             self._seen = max(self._seen, frame.frame_index + frame.n_frames)
             self._queue.put_nowait(frame)
