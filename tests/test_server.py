@@ -767,6 +767,35 @@ def test_ping_flood_that_reads_no_pong_is_cut_off(tiny_tokenizer):
     assert peak < 1 << 20 and count == 1
 
 
+def test_backpressure_is_not_idleness(tiny_tokenizer, monkeypatch):
+    """While the server stops reading a client because the model is behind (backpressure),
+    the client is not idle: found by the soak benchmark on a starved machine, where a client
+    streaming in real time was closed with idle_timeout after its reading had been paused for
+    longer than the idle timeout."""
+    import time
+
+    from f3stream.server import batcher as batcher_mod
+
+    real_compute = batcher_mod.compute
+
+    def slow_compute(tok, items):
+        time.sleep(0.6)  # each round outlasts the idle timeout
+        return real_compute(tok, items)
+
+    monkeypatch.setattr(batcher_mod, "compute", slow_compute)
+    wav = noise(5, 12000)
+
+    async def main():
+        async with serving(tiny_tokenizer, idle_timeout=0.4, max_pending_seconds=0.1) as (
+                srv, url):
+            res = await stream_chunks(url, wav, [960], format="float32")
+            return res, dict(srv.metrics.errors)
+
+    res, errors = run(main())
+    assert errors.get("idle_timeout", 0) == 0, errors
+    assert res.latents.shape[0] == -(-wav.size // tiny_tokenizer.hop_length)
+
+
 def test_idle_timeout_closes_a_connection_whose_writes_are_stuck(tiny_tokenizer):
     """The idle timeout queues an error, then the close; to a client that reads nothing that
     send waited for ever, so the timeout was counted but never closed the connection. The

@@ -123,6 +123,7 @@ class LiveSession:
         self.dead = False                  # failed or closing: ignore further input
         self.seq = 0
         self.last_input = 0.0              # event-loop time of the last message
+        self.paused = False                # reading stopped by backpressure (not idle then)
         self.space = asyncio.Event()       # set when the inbox has room again
         self.space.set()
         # protocol version 2 at another rate: the client's audio to the model's rate (encode,

@@ -335,9 +335,13 @@ class F3Server:
         max_pending = self.cfg.max_pending_seconds * (self.tok.sample_rate if s.encoder
                                                       else self.tok.frame_rate)
         while not s.dead:
-            while s.pending > max_pending and not s.dead:  # backpressure: stop reading
-                s.space.clear()
-                await s.space.wait()
+            if s.pending > max_pending:
+                s.paused = True  # not idle: the server, not the client, is the one waiting
+                while s.pending > max_pending and not s.dead:  # backpressure: stop reading
+                    s.space.clear()
+                    await s.space.wait()
+                s.paused = False
+                s.last_input = loop.time()  # the idle clock restarts with reading
             if s.dead:
                 break
             msg = await ws.recv()  # idle sessions are closed by _reap_idle (no timer per read)
@@ -378,6 +382,8 @@ class F3Server:
             await asyncio.sleep(period)
             now = loop.time()
             for s in list(self.sessions.values()):
+                if s.paused:
+                    continue  # reading paused by backpressure: the model is behind, not it
                 if not s.dead and now - s.last_input > self.cfg.idle_timeout:
                     self._fail(s, "idle_timeout", f"no message for {self.cfg.idle_timeout:g} s")
 
