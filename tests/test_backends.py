@@ -374,6 +374,31 @@ def test_numba_gelu_and_linear_paths_match_reference():
     assert block_limit in (0, nb.SMALL_GEMM) and own_rows in (0, nb.OWN_ROWS)
 
 
+def test_gemm_plan_is_measured_with_one_blas_thread(monkeypatch):
+    """The plan is timed with the BLAS on one thread, as serve and bench run it: with a
+    second OpenBLAS thread on a busy machine a packed product waited 7-15 ms for a time slice,
+    and the plan flipped with the load."""
+    pytest.importorskip("numba")
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from f3stream.backends import numba_backend as nb
+
+    monkeypatch.delenv("F3STREAM_GEMM_PLAN", raising=False)
+    seen = []
+    real = nb._best_times
+
+    def spy(*args, **kwargs):
+        seen.append({lib["num_threads"] for lib in threadpool_info()
+                     if lib["user_api"] == "blas"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nb, "_best_times", spy)
+    with threadpool_limits(2):
+        block_limit, own_rows = nb.gemm_plan.__wrapped__()
+    assert block_limit in (0, nb.SMALL_GEMM) and own_rows in (0, nb.OWN_ROWS)
+    assert len(seen) == 3 and seen[1] == seen[2] == {1}, seen  # seen[0]: the warm-up
+
+
 @pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
 def test_pooled_decoder_sessions_equal_private_sessions(toks, backend):
     """Batched decoding of decoder sessions that share a pool (changing subsets, uneven chunk

@@ -139,15 +139,26 @@ def _repeat_linear(x, wt, b, plan, reps):
     return y
 
 
-def _best_time(x: np.ndarray, wt: np.ndarray, plan: tuple[int, int]) -> float:
+def _best_time(x: np.ndarray, wt: np.ndarray, plan: tuple[int, int], runs: int = 5) -> float:
+    return _best_times([x], wt, [plan], runs)[0]
+
+
+def _best_times(xs: list[np.ndarray], wt: np.ndarray, plans: list[tuple[int, int]],
+                runs: int = 7) -> list[float]:
+    """Per plan: the sum over ``xs`` of the best of ``runs`` timings of 10 products, the
+    plans interleaved run by run (a busy machine disturbs them alike)."""
     b = np.zeros(wt.shape[1], np.float32)
-    _repeat_linear(x, wt, b, plan, 1)  # compile (or load from the cache) and warm up
-    runs = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        _repeat_linear(x, wt, b, plan, 10)
-        runs.append(time.perf_counter() - t0)
-    return min(runs)
+    for plan in plans:
+        for x in xs:
+            _repeat_linear(x, wt, b, plan, 1)  # compile (or load from the cache), warm up
+    best = [[float("inf")] * len(xs) for _ in plans]
+    for _ in range(runs):
+        for i, plan in enumerate(plans):
+            for j, x in enumerate(xs):
+                t0 = time.perf_counter()
+                _repeat_linear(x, wt, b, plan, 10)
+                best[i][j] = min(best[i][j], time.perf_counter() - t0)
+    return [sum(v) for v in best]
 
 
 @functools.cache
@@ -155,13 +166,22 @@ def gemm_plan() -> tuple[int, int]:
     """``(block_limit, own_rows)`` for this process's BLAS (see the comment above).
 
     Measured once per process (~0.2 s) on a transformer's QKV product (``[M, 256] @ [256,
-    768]``), best of 5 runs each: row blocks must beat one product by 20 % at M = 20, and our
-    own loop BLAS by 30 % at M = 4, to be used. Where it is used, it takes 2..:data:`OWN_ROWS`
-    rows: over the model's product shapes it beat OpenBLAS's Haswell kernels by 1.5-4.7x at 2
-    rows and 1.06-1.5x at 8, while from 12 rows on the winner depends on the shape (so a
-    timing there would flip from run to run). ``F3STREAM_GEMM_PLAN=block_limit,own_rows``
-    skips the measurement ("0,0": plain BLAS). Only speed depends on the plan: every path
-    sums the same products, up to float32 rounding order."""
+    768]``), the candidates interleaved, best of 7 runs each, with the BLAS limited to one
+    thread as ``serve`` and ``bench`` run it: row blocks must beat one product by 15 % at
+    M = 8 and 10 together (the rounds of 4-10 streams a loaded server mostly runs), and our
+    own loop BLAS by 30 % at M = 4, to be used. Where the own loop is used, it takes
+    2..:data:`OWN_ROWS` rows: over the model's product shapes it beat OpenBLAS's Haswell
+    kernels by 1.5-4.7x at 2 rows and 1.06-1.5x at 8, while from 12 rows on the winner
+    depends on the shape (so a timing there would flip from run to run).
+    ``F3STREAM_GEMM_PLAN=block_limit,own_rows`` skips the measurement ("0,0": plain BLAS).
+    Only speed depends on the plan: every path sums the same products, up to float32
+    rounding order.
+
+    Why one thread: the engine is built (and this measured) before ``limit_threads`` runs,
+    and OpenBLAS's second thread, on a machine whose cores are busy, waits for a time slice:
+    a packed product then took 7-15 ms instead of 0.1 ms, so row blocks (which stay on the
+    small-matrix path, one thread) won by 100x and the plan flipped with the machine's load
+    (docs/benchmarks.md, "A server round under each plan")."""
     forced = os.environ.get("F3STREAM_GEMM_PLAN")
     if forced is not None:
         try:
@@ -170,13 +190,17 @@ def gemm_plan() -> tuple[int, int]:
             raise F3StreamError("F3STREAM_GEMM_PLAN must be two integers 'block_limit,"
                                 f"own_rows', got {forced!r}") from None
         return block_limit, own_rows
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     wt = rng.standard_normal((256, 768), dtype=np.float32)
-    x = rng.standard_normal((20, 256), dtype=np.float32)
-    blocks = _best_time(x, wt, (SMALL_GEMM, 0)) < 0.8 * _best_time(x, wt, (0, 0))
-    block_limit = SMALL_GEMM if blocks else 0
-    own = _best_time(x[:4], wt, (block_limit, 4)) < _best_time(x[:4], wt, (block_limit, 0)) / 1.3
-    return block_limit, OWN_ROWS if own else 0
+    x = rng.standard_normal((10, 256), dtype=np.float32)
+    _best_time(x[:4], wt, (0, 0), runs=1)  # compiles, so the BLAS is loaded before the limit
+    with threadpool_limits(1):
+        blocks = _best_times([x[:8], x], wt, [(SMALL_GEMM, 0), (0, 0)])
+        block_limit = SMALL_GEMM if blocks[0] < 0.85 * blocks[1] else 0
+        own = _best_times([x[:4]], wt, [(block_limit, 4), (block_limit, 0)])
+    return block_limit, OWN_ROWS if own[0] < own[1] / 1.3 else 0
 
 
 # GELU(x) = x/2 (1 + erf(x/sqrt 2)), with erf(u) = u P(u^2) / Q(u^2) on |u| <= 4 (and +-1
