@@ -236,7 +236,9 @@ def summarize(tally: Tally, metrics: dict, abusers: list[dict], conditions: dict
     def pct(v) -> dict:
         v = list(v)
         return {"p50": percentile(v, 50), "p99": percentile(v, 99),
-                "max": max(v) if v else None, "frames": len(v)}
+                "max": max(v) if v else None,
+                "messages": len(v)}  # one latency per frame message (a late round's
+        # message carries several frames, so this counts fewer than the frames)
 
     windows = [{"from_s": k * args.window, **pct(v)} for k, v in sorted(tally.windows.items())]
     for w in windows:
