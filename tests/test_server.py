@@ -740,6 +740,43 @@ async def deaf_client(srv: F3Server, first: str):
     return writer, conn
 
 
+def test_keepalive_timeout_of_a_peer_that_reads_nothing_is_bounded(tiny_tokenizer):
+    """websockets closes a connection whose keepalive pong is late, but that close first
+    waits for the peer to read what is queued; a peer that kept sending and read nothing
+    stayed open until its idle timeout (found by the soak: 72 s). Now the close deadline
+    bounds it. Here: the server's keepalive ping goes out, then the peer's unread pongs stall
+    the server's writes, then the ping times out."""
+    import time
+
+    pings = ws_frame(PING, b"p" * 125) * 20
+
+    async def main():
+        async with serving(tiny_tokenizer, idle_timeout=30.0, close_timeout=0.5,
+                           ping_interval=0.2, ping_timeout=1.5) as (srv, url):
+            writer, conn = await deaf_client(srv, hello())
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                               socket.SO_SNDBUF, 4096)
+            await asyncio.sleep(0.4)  # the keepalive ping is out (and never answered)
+            for _ in range(100000):  # unread pongs until the server's writes to it stall
+                if conn.paused:
+                    break
+                writer.write(pings)
+                await writer.drain()
+                await asyncio.sleep(0)
+            stalled = conn.paused
+            t0 = time.monotonic()
+            while srv.sessions and time.monotonic() - t0 < 8:
+                await asyncio.sleep(0.05)
+            open_s = time.monotonic() - t0
+            writer.transport.abort()
+            return stalled, open_s
+
+    stalled, open_s = run(main())
+    assert stalled, "the test never stalled the server's writes"
+    # the ping times out <= 1.5 s after it went out; then a reaper period and the deadline
+    assert open_s < 3.5, f"open {open_s:.1f} s after its writes stalled"
+
+
 def test_ping_flood_that_reads_no_pong_is_cut_off(tiny_tokenizer):
     """websockets writes a pong for every ping outside send()'s flow control: a client that
     pinged as fast as it could after its hello and read nothing grew the server ~30 MB/s and

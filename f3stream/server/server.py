@@ -23,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ..resampling import stream_latency_ms
 from ..session import DecoderSession, DecoderStatePool, EncoderSession, EncoderStatePool
@@ -63,6 +64,11 @@ class ServerConfig:
     # Once the server decides to close a connection, the peer has this long to read what is
     # queued and answer the close; then the TCP connection is aborted.
     close_timeout: float = 2.0
+    # websockets' keepalive: a ping every ping_interval s, the connection closed if its pong
+    # takes longer than ping_timeout s (then aborted at the close deadline if the peer reads
+    # nothing)
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     # Pongs (websockets' automatic replies) queued for a peer that reads nothing, beyond the
     # websockets write buffer's high-water mark, before the connection is aborted.
     max_pong_backlog: int = 1 << 16
@@ -115,7 +121,8 @@ class F3Server:
                                process_request=self._http, compression=None,
                                max_size=self.cfg.max_message_bytes, max_queue=64,
                                close_timeout=self.cfg.close_timeout,
-                               ping_interval=20, ping_timeout=20,
+                               ping_interval=self.cfg.ping_interval,
+                               ping_timeout=self.cfg.ping_timeout,
                                create_connection=connection)
         return self
 
@@ -377,11 +384,18 @@ class F3Server:
         """Closes sessions that sent nothing for idle_timeout (one timer for all sessions
         instead of one per read: reads are the hot path)."""
         loop = asyncio.get_running_loop()
-        period = min(1.0, self.cfg.idle_timeout / 4)
+        period = min(1.0, self.cfg.idle_timeout / 4, self.cfg.close_timeout / 2)
         while True:
             await asyncio.sleep(period)
             now = loop.time()
             for s in list(self.sessions.values()):
+                if s.ws.state is not State.OPEN:
+                    # websockets is closing it by itself (its keepalive ping timed out, or the
+                    # peer broke the protocol): that close first waits for the peer to read
+                    # what is queued, which a peer that reads nothing never does. Found by the
+                    # soak: a non-reader stayed open until its idle timeout, 30 s later.
+                    s.ws.abort_after(self.cfg.close_timeout)
+                    continue
                 if s.paused:
                     continue  # reading paused by backpressure: the model is behind, not it
                 if not s.dead and now - s.last_input > self.cfg.idle_timeout:
