@@ -31,6 +31,12 @@ class AudioEncoder(StreamingModule):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         self.cfg = cfg
+        # The numerics of the input features that a checkpoint is trained with: engines that
+        # re-implement :meth:`features` (numba) read them from here, never from a copy.
+        self.spectral_compression = SPECTRAL_COMPRESSION
+        self.spectral_floor = SPECTRAL_FLOOR
+        self.level_scale = LEVEL_SCALE if cfg.level_feature else None
+        self.level_floor = LEVEL_FLOOR
         n_bins = cfg.n_fft // 2 + 1
         self.framing = CausalFraming(cfg.n_fft, cfg.stft_hop)
         self.register_buffer("basis", rdft_basis(cfg.n_fft, hann_window(cfg.n_fft)),
@@ -46,10 +52,8 @@ class AudioEncoder(StreamingModule):
         self.out_norm = nn.LayerNorm(cfg.model_dim)
         self.out_proj = nn.Linear(cfg.model_dim, cfg.latent_dim)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return {**with_prefix("framing", self.framing.init_state(batch_size, device)),
-                **with_prefix("convs", self.convs.init_state(batch_size, device)),
-                **with_prefix("transformer", self.transformer.init_state(batch_size, device))}
+    def state_children(self) -> dict[str, StreamingModule]:
+        return {"framing": self.framing, "convs": self.convs, "transformer": self.transformer}
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, N, n_fft]`` frames -> ``[B, N, 2F]`` compressed ``[real, imag]`` spectrum.
@@ -60,15 +64,17 @@ class AudioEncoder(StreamingModule):
         differences of ~1e-3 and latent differences of ~4e-4 between engines whose BLAS sums
         in another order. In float64 every engine gets the same features to float32
         rounding. (The numba engine computes the same DFT with half the products, see
-        ``f3stream.backends.numba_backend``.) With ``cfg.level_feature`` one more column holds
-        the frame's log mean power (``LEVEL_SCALE * ln(mean |X|^2 + LEVEL_FLOOR)``)."""
+        ``f3stream.backends.numba.autoencoder.spectral_features``.) With ``cfg.level_feature``
+        one more column holds the frame's log mean power (``LEVEL_SCALE * ln(mean |X|^2 +
+        LEVEL_FLOOR)``)."""
         spec = frames.to(torch.float64) @ self.basis.to(torch.float64)   # [B, N, 2F]
         n_bins = spec.shape[-1] // 2
         power = spec[..., :n_bins].square() + spec[..., n_bins:].square()
-        gain = (power + SPECTRAL_FLOOR).pow((SPECTRAL_COMPRESSION - 1.0) / 2.0)
+        gain = (power + self.spectral_floor).pow((self.spectral_compression - 1.0) / 2.0)
         feats = spec * gain.repeat(1, 1, 2)
-        if self.cfg.level_feature:
-            level = LEVEL_SCALE * torch.log(power.mean(dim=-1, keepdim=True) + LEVEL_FLOOR)
+        if self.level_scale is not None:
+            level = self.level_scale * torch.log(power.mean(dim=-1, keepdim=True)
+                                                 + self.level_floor)
             feats = torch.cat([feats, level], dim=-1)
         return feats.to(frames.dtype)
 
@@ -108,10 +114,8 @@ class AudioDecoder(StreamingModule):
                              persistent=False)
         self.overlap_add = OverlapAdd(cfg.n_fft, cfg.stft_hop)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return {**with_prefix("transformer", self.transformer.init_state(batch_size, device)),
-                **with_prefix("convs", self.convs.init_state(batch_size, device)),
-                **with_prefix("ola", self.overlap_add.init_state(batch_size, device))}
+    def state_children(self) -> dict[str, StreamingModule]:
+        return {"transformer": self.transformer, "convs": self.convs, "ola": self.overlap_add}
 
     def spectrum(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Latents -> ``[B, 4T, 2F]`` complex spectrum as ``[real, imag]``."""

@@ -13,10 +13,15 @@ from .autoencoder import AudioDecoder, AudioEncoder
 from .bottleneck import NoiseBottleneck
 from .config import TokenizerConfig
 from .representation import RepresentationEncoder
-from .streaming import State, substate, with_prefix
+from .streaming import State, StateEntry, StreamingModule, substate, with_prefix
 
 
 class F3Model(nn.Module):
+    # Where each module's state lives in the encode direction's flat state (the decode
+    # direction's state is the decoder's, unprefixed).
+    ENCODER_STATE = "encoder"
+    REPRESENTATION_STATE = "representation"
+
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         cfg.validate()
@@ -28,29 +33,49 @@ class F3Model(nn.Module):
         self.representation = RepresentationEncoder(ae.latent_dim, cfg.representation)
 
     # -- encode direction -------------------------------------------------------------------
+    def encode_state_children(self, with_representations: bool = True
+                              ) -> dict[str, StreamingModule]:
+        """The modules whose states make up the encode direction's state, by key prefix."""
+        children: dict[str, StreamingModule] = {self.ENCODER_STATE: self.encoder}
+        if with_representations:
+            children[self.REPRESENTATION_STATE] = self.representation
+        return children
+
+    def encode_state_spec(self, with_representations: bool = True) -> dict[str, StateEntry]:
+        return {k: e for p, m in self.encode_state_children(with_representations).items()
+                for k, e in with_prefix(p, m.state_spec()).items()}
+
     def init_encode_state(self, batch_size: int, with_representations: bool = True,
                           device: torch.device | None = None) -> State:
-        state = with_prefix("encoder", self.encoder.init_state(batch_size, device))
-        if with_representations:
-            state.update(with_prefix("representation",
-                                     self.representation.init_state(batch_size, device)))
+        state: State = {}
+        for p, m in self.encode_state_children(with_representations).items():
+            state.update(with_prefix(p, m.init_state(batch_size, device)))
         return state
+
+    @classmethod
+    def has_representations(cls, state: State) -> bool:
+        """Whether an encode-direction state includes the representation encoder's."""
+        p = cls.REPRESENTATION_STATE + "."
+        return any(k.startswith(p) for k in state)
 
     def encode_step(self, wav: torch.Tensor, state: State
                     ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """``[B, T*hop]`` samples -> latents ``[B, T, D]``, representations ``[B, T, R]`` (or
         None if the state has no representation part), new state. Deterministic (no noise)."""
-        z, s_enc = self.encoder.step(wav, substate(state, "encoder"))
+        z, s_enc = self.encoder.step(wav, substate(state, self.ENCODER_STATE))
         z = self.bottleneck(z, perturb=False)
-        new = with_prefix("encoder", s_enc)
+        new = with_prefix(self.ENCODER_STATE, s_enc)
         reps = None
-        rep_state = substate(state, "representation")
+        rep_state = substate(state, self.REPRESENTATION_STATE)
         if rep_state:
             reps, s_rep = self.representation.step(z, rep_state)
-            new.update(with_prefix("representation", s_rep))
+            new.update(with_prefix(self.REPRESENTATION_STATE, s_rep))
         return z, reps, new
 
     # -- decode direction -------------------------------------------------------------------
+    def decode_state_spec(self) -> dict[str, StateEntry]:
+        return self.decoder.state_spec()
+
     def init_decode_state(self, batch_size: int, device: torch.device | None = None) -> State:
         return self.decoder.init_state(batch_size, device)
 

@@ -37,8 +37,8 @@ class RepresentationEncoder(StreamingModule):
         self.out_norm = nn.LayerNorm(cfg.model_dim)
         self.out_proj = nn.Linear(cfg.model_dim, cfg.output_dim)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return with_prefix("transformer", self.transformer.init_state(batch_size, device))
+    def state_children(self) -> dict[str, StreamingModule]:
+        return {"transformer": self.transformer}
 
     def step(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, s = self.transformer.step(self.input_proj(z), substate(state, "transformer"))

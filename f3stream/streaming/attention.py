@@ -13,7 +13,7 @@ import torch
 
 from torch import nn
 
-from .state import State, StreamingModule, substate, with_prefix
+from .state import State, StateEntry, StreamingModule, substate, with_prefix
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -42,11 +42,9 @@ class SlidingWindowAttention(StreamingModule):
         self.register_buffer("slopes", alibi_slopes(n_heads).view(1, n_heads, 1, 1),
                              persistent=False)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        device = device or self.qkv.weight.device
-        shape = (batch_size, self.n_heads, self.window, self.head_dim)
-        return {"k": torch.zeros(shape, device=device), "v": torch.zeros(shape, device=device),
-                "pos": torch.zeros(batch_size, dtype=torch.long, device=device)}
+    def own_state_spec(self) -> dict[str, StateEntry]:
+        cache = StateEntry((self.n_heads, self.window, self.head_dim))
+        return {"k": cache, "v": cache, "pos": StateEntry((), torch.long)}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         b, t, _ = x.shape
@@ -82,8 +80,8 @@ class TransformerLayer(StreamingModule):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return with_prefix("attn", self.attn.init_state(batch_size, device))
+    def state_children(self) -> dict[str, StreamingModule]:
+        return {"attn": self.attn}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         a, s = self.attn.step(self.norm1(x), substate(state, "attn"))

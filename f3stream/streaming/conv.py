@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .state import State, StreamingModule
+from .state import State, StateEntry, StreamingModule
 
 
 class CausalConv1d(StreamingModule):
@@ -23,12 +23,10 @@ class CausalConv1d(StreamingModule):
                               groups=groups, bias=bias)
         self.context = (kernel_size - 1) * dilation
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
+    def own_state_spec(self) -> dict[str, StateEntry]:
         if self.context == 0:
             return {}
-        w = self.conv.weight
-        return {"buf": torch.zeros(batch_size, self.conv.in_channels, self.context,
-                                   device=device or w.device, dtype=w.dtype)}
+        return {"buf": StateEntry((self.conv.in_channels, self.context), self.conv.weight.dtype)}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         if self.context == 0:
@@ -51,8 +49,8 @@ class CausalConvNeXtBlock(StreamingModule):
         self.pw2 = nn.Linear(mlp_ratio * channels, channels)
         self.gamma = nn.Parameter(torch.full((channels,), layer_scale))
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return self.dwconv.init_state(batch_size, device)
+    def state_children(self) -> dict[str, StreamingModule]:
+        return {"": self.dwconv}  # the block's state is its depthwise convolution's
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, new = self.dwconv.step(x.transpose(1, 2), state)

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .state import State, StreamingModule
+from .state import State, StateEntry, StreamingModule
 
 
 def hann_window(n: int) -> torch.Tensor:
@@ -62,8 +62,8 @@ class CausalFraming(StreamingModule):
         self.frame_length = frame_length
         self.hop = hop
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return {"history": torch.zeros(batch_size, self.frame_length - self.hop, device=device)}
+    def own_state_spec(self) -> dict[str, StateEntry]:
+        return {"history": StateEntry((self.frame_length - self.hop,))}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         if x.shape[-1] % self.hop:
@@ -99,8 +99,8 @@ class OverlapAdd(StreamingModule):
         self.hop = hop
         self.overlap = frame_length // hop  # segments per frame
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        return {"carry": torch.zeros(batch_size, self.frame_length - self.hop, device=device)}
+    def own_state_spec(self) -> dict[str, StateEntry]:
+        return {"carry": StateEntry((self.frame_length - self.hop,))}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         b, t, _ = x.shape
