@@ -27,7 +27,8 @@ def test_short_soak_keeps_every_healthy_frame_cuts_off_abusers_and_holds_memory(
     assert healthy["sessions"] >= 5 and r["abrupt"]["sessions"] >= 1, r["abrupt"]
     assert healthy["frames_lost"] == 0 and healthy["frames_expected"] > 1000, healthy
     assert healthy["error_count"] == 0 and r["connect_failures"] == [], healthy["errors"]
-    assert healthy["latency_ms"]["messages"] > 0.5 * healthy["frames_expected"]
+    # one latency per frame message (a late round's message carries several frames)
+    assert healthy["latency_ms"]["messages"] > 0 and healthy["latency_ms"]["p99"] > 0
 
     flooder, nonreader = r["abusers"]
     assert flooder["role"] == "flooder" and nonreader["role"] == "nonreader"
