@@ -129,7 +129,7 @@ def test_real_speech_ingesters_and_pinned_held_out_voices(tmp_path):
 
 
 def test_training_config_reads_packed_options(tmp_path):
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"packed": "data/packed", "source_weights": {"a": 0.5},
@@ -146,7 +146,8 @@ def test_training_config_reads_packed_options(tmp_path):
 
 
 def test_noise_gamma_ramp():
-    from training.train import StageConfig, noise_gamma_at
+    from training.config import StageConfig
+    from training.train import noise_gamma_at
 
     stage = StageConfig(noise_gamma_start=0.0, noise_ramp_steps=100)
     assert [noise_gamma_at(s, stage, 1.0) for s in (0, 50, 100, 500)] == [0.0, 0.5, 1.0, 1.0]
@@ -196,7 +197,7 @@ def test_band_energy_loss_scores_level_not_harmonic_positions():
 
 
 def test_csv_log_gains_new_columns_on_resume(tmp_path):
-    from training.train import CsvLog
+    from training.common import CsvLog
 
     log = CsvLog(tmp_path / "log.csv", True)
     log.write({"step": 1, "loss": "0.5"})

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 import f3stream
 from training.data import build_corpus
 from training.data.manifest import read_manifest
-from training.train import TrainConfig, train_autoencoder
+from training.config import TrainConfig
+from training.train import train_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")

@@ -20,7 +20,8 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
     from f3stream.model import F3Model
 
     from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
-    from .train import AutoencoderPart, TrainConfig, _batch, load_stage0_sources
+    from .config import TrainConfig
+    from .train import AutoencoderPart, _batch, load_stage0_sources
 
     torch.set_num_threads(threads)
     cfg = TrainConfig.load(config)

@@ -16,8 +16,9 @@ from f3stream.representation import RepresentationTrainingHeads, rq_mtp_loss
 from f3stream.tokenizer import Tokenizer
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
-from .train import (CsvLog, TrainConfig, check_ranks_in_sync, export, load_stage0, lr_at,
-                    setup_distributed)
+from .common import (CsvLog, check_ranks_in_sync, export, load_stage0, lr_at,
+                     setup_distributed)
+from .config import TrainConfig
 
 
 class LatentClips:

@@ -14,192 +14,26 @@ exported to ``OUT/export`` at every checkpoint and at the end.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from f3stream.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from f3stream.config import TokenizerConfig
-from f3stream.fileio import atomic_write_bytes
 from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
+from .common import CsvLog, check_ranks_in_sync, export, lr_at, setup_distributed
+from .config import StageConfig, TrainConfig
 from .losses import (BAND_RESOLUTION, LogMel, MultiResolutionDiscriminator,
                      band_energy_loss, discriminator_loss, generator_adversarial_losses,
                      spectral_losses)
-from .segments import Augmentation, LevelAugmentation, PackedSegmentSource, SegmentSource
+from .representation_stage import train_representation
+from .segments import LevelAugmentation, PackedSegmentSource, SegmentSource
 
-
-@dataclass
-class StageConfig:
-    steps: int = 1000
-    batch_size: int = 16
-    segment_seconds: float = 1.6
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    betas: tuple[float, float] = (0.8, 0.99)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    log_every: int = 10
-    eval_every: int = 200
-    checkpoint_every: int = 200
-    # stage 0 loss weights
-    mrstft_weight: float = 1.0
-    mel_weight: float = 1.0
-    adversarial_weight: float = 0.0     # 0 disables the discriminator (fast CPU runs)
-    feature_matching_weight: float = 2.0
-    discriminator_start: int = 0
-    complex_weight: float = 0.0         # compressed complex-spectrum (phase-aware) loss
-    band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
-    # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's
-    # ``noise_gamma`` over ``noise_ramp_steps`` (0: the model's gamma from the first step).
-    noise_gamma_start: float = 0.0
-    noise_ramp_steps: int = 0
-    autocast_bf16: bool = False         # model in bfloat16 autocast (CPU AMX), losses in float32
-    # Exponential moving average of the autoencoder's weights (0: off). The export then holds
-    # the averaged weights: good at any step of a long run cut into pieces, without waiting
-    # for a learning-rate decay.
-    ema_decay: float = 0.0
-    # stage 1 switches (ablations)
-    use_rq: bool = True
-    use_lm: bool = True
-    lm: str = "minilm"                  # "minilm" or a path to a local HF causal LM directory
-    lm_weight: float = 1.0
-
-
-def _section(kind: type, values: dict[str, Any], where: str):
-    """A config section as ``kind`` (JSON lists become tuples); unknown keys are an error."""
-    bad = set(values) - set(kind.__dataclass_fields__)
-    if bad:
-        raise ValueError(f"{where}: unknown keys {sorted(bad)}")
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-@dataclass
-class TrainConfig:
-    model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    manifest: str = "data/corpus/manifest.jsonl"
-    # A packed corpus (training.data.pack) replaces the manifest for stage 0 when set.
-    packed: str = ""
-    source_weights: dict[str, float] = field(default_factory=dict)
-    level: LevelAugmentation = field(default_factory=LevelAugmentation)
-    seed: int = 0
-    gain_db: tuple[float, float] = (-12.0, 3.0)
-    augment: Augmentation = field(default_factory=Augmentation)
-    autoencoder: StageConfig = field(default_factory=StageConfig)
-    representation: StageConfig = field(default_factory=StageConfig)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        data = json.loads(Path(path).read_text())
-        known = {"model", "manifest", "seed", "gain_db", "augment", "autoencoder",
-                 "representation", "packed", "source_weights", "level"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        stages = {name: _section(StageConfig, data.get(name, {}), f"{path}: {name}")
-                  for name in ("autoencoder", "representation")}
-        augment = _section(Augmentation, data.get("augment", {}), f"{path}: augment")
-        level = _section(LevelAugmentation, data.get("level", {}), f"{path}: level")
-        return cls(model=TokenizerConfig.from_dict(data.get("model", {})), augment=augment,
-                   packed=data.get("packed", ""), level=level,
-                   source_weights=dict(data.get("source_weights", {})),
-                   manifest=data.get("manifest", cls.manifest), seed=data.get("seed", 0),
-                   gain_db=tuple(data.get("gain_db", (-12.0, 3.0))), **stages)
-
-
-# -- distributed helpers ----------------------------------------------------------------------
-def check_ranks_in_sync(module: nn.Module, world: int, rank: int, what: str) -> None:
-    """Data parallelism keeps every rank's weights identical (each rank sees other batches,
-    the gradients are averaged). Compares a checksum of the weights across ranks at the end
-    of a stage and stops with an error if they diverged (e.g. gradients not synchronised)."""
-    if world <= 1:
-        return
-    total = torch.zeros(2, dtype=torch.float64)
-    for p in module.parameters():
-        total[0] += p.detach().double().sum().cpu()
-        total[1] += p.detach().double().square().sum().cpu()
-    lo, hi = total.clone(), total.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    if not torch.equal(lo, hi):
-        raise RuntimeError(f"{what}: data-parallel ranks ended with different weights "
-                           f"(checksums {lo.tolist()} .. {hi.tolist()})")
-    if rank == 0:
-        print(f"{what}: {world} ranks in sync (weights checksum {total[0].item():.6f})")
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
-def lr_at(step: int, cfg: StageConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
-
-
-class CsvLog:
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop rows logged after the checkpoint (they will be logged again), so
-        a killed-and-resumed run's log reads like an uninterrupted one."""
-        if not self.enabled or not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
-        atomic_write_bytes(self.path, "".join(keep).encode())
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        if not new:
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f), [])
-            if set(row) - set(header):  # columns added (a newer trainer resumed the run)
-                with open(self.path, newline="") as f:
-                    old = list(csv.DictReader(f))
-                fields = header + [k for k in row if k not in header]
-                buf = io.StringIO()
-                w = csv.DictWriter(buf, fieldnames=fields, restval="")
-                w.writeheader()
-                w.writerows(old)
-                atomic_write_bytes(self.path, buf.getvalue().encode())
-                header = fields
-            row = {k: row.get(k, "") for k in header}
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
 
 
 class AutoencoderPart(nn.Module):
@@ -272,9 +106,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1.0 - d)
 
-
-def export(model: F3Model, out: Path, info: dict[str, Any]) -> None:
-    save_checkpoint(model, model.cfg, out / "export", info=info)
 
 
 def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int | None = None
@@ -384,14 +215,6 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     return model
 
 
-def load_stage0(out: Path, cfg: TrainConfig, device: torch.device) -> F3Model:
-    model_cfg, state, _ = load_checkpoint(out / "export")
-    if model_cfg != cfg.model:
-        raise ValueError("the exported stage-0 model's config differs from --config")
-    model = F3Model(model_cfg)
-    load_state_strict(model, state, str(out / "export"))
-    return model.to(device)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
@@ -410,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("autoencoder", "all"):
         train_autoencoder(cfg, out, args.resume)
     if args.stage in ("representation", "all"):
-        from .representation_stage import train_representation
         train_representation(cfg, out, args.resume)
     return 0
 

@@ -44,9 +44,10 @@ from f3stream.fileio import atomic_write_bytes
 from f3stream.latent_lm import LatentLMConfig
 from f3stream.tokenizer import Tokenizer
 
+from ..config import TrainConfig
 from ..data.manifest import read_manifest
 from ..latent_lm_stage import clip_latents, train_latent_lm
-from ..train import TrainConfig, train_autoencoder
+from ..train import train_autoencoder
 
 VARIANTS = {"plain AE": dict(normalize_latents=False, noise_gamma=0.0),
             "AE + norm + noise (F3)": dict(normalize_latents=True, noise_gamma=1.0)}
