@@ -22,14 +22,14 @@ def main() -> None:
     args = p.parse_args()
     from threadpoolctl import threadpool_limits
 
-    from f3stream.backends import numba_backend as nb
+    from f3stream.backends.numba import nn as nb
     from f3stream.threads import blas_info
 
     rng = np.random.default_rng(0)
     wt = rng.standard_normal((256, 768), dtype=np.float32)
-    b = np.zeros(768, np.float32)
+    w = nb.Linear(wt, np.zeros(768, np.float32))
     xs = {m: rng.standard_normal((m, 256), dtype=np.float32) for m in (4, 8, 12, 16, 20, 32, 64)}
-    nb._repeat_linear(xs[4], wt, b, (0, 0), 1)  # compile: loads the BLAS numba calls
+    nb._repeat_linear(xs[4], w, (0, 0), 1)  # compile: loads the BLAS numba calls
     cores = os.cpu_count()
     best = {t: {m: float("inf") for m in xs} for t in (1, cores)}
     load_before = list(os.getloadavg())
@@ -38,7 +38,7 @@ def main() -> None:
             with threadpool_limits(t):
                 for m, x in xs.items():
                     t0 = time.perf_counter()
-                    nb._repeat_linear(x, wt, b, (0, 0), 10)
+                    nb._repeat_linear(x, w, (0, 0), 10)
                     best[t][m] = min(best[t][m], (time.perf_counter() - t0) / 10)
     report = {"command": "python benchmarks/blas_threads.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M"), "blas": blas_info(),

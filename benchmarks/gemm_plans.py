@@ -2,8 +2,8 @@
 
 One process, the bundled checkpoint, numba, one thread: for N pooled sessions (latents only,
 what the server's rounds run) it steps one frame per session under each plan
-(``numba_backend.gemm_plan``: (block_limit, own_rows); (0, 0) is plain BLAS), the plans
-interleaved round by round so a busy machine disturbs them alike, and reports min and median
+(``f3stream.backends.numba.gemm_plan``: (block_limit, own_rows); (0, 0) is plain BLAS), the
+plans interleaved round by round so a busy machine disturbs them alike, and reports min and median
 milliseconds per round. The BLAS kernels are the process's: run it again with
 ``OPENBLAS_CORETYPE=Haswell`` to compare OpenBLAS's AVX2 kernels with its default choice.
 

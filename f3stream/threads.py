@@ -35,9 +35,9 @@ def blas_info() -> list[dict]:
 
 def engine_info(tok) -> dict:
     """What a model step's speed depends on besides the machine: the engine, the numba
-    engine's matrix-product plan (``numba_backend.gemm_plan``: (block_limit, own_rows), (0, 0)
-    is plain BLAS), the BLAS kernels and threads, and the environment variables that pick
-    them."""
+    engine's matrix-product plan (``f3stream.backends.numba.gemm_plan``: (block_limit,
+    own_rows), (0, 0) is plain BLAS), the BLAS kernels and threads, and the environment
+    variables that pick them."""
     import os
 
     plan = getattr(tok.engine, "gemm_plan", None)

@@ -152,6 +152,106 @@ def test_state_layout_mirrors_torch(toks, backend):
     assert set(dec) == set(toks["torch"].engine.init_decode_state(1))
 
 
+def _arrays(state):
+    """A state's values as numpy copies (torch tensors included)."""
+    return {k: np.array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
+                        copy=True) for k, v in state.items()}
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+def test_engines_honour_the_mutation_contract(toks, backend):
+    """The one mutation contract (``f3stream/streaming/state.py``), engine by engine:
+    ``*_step`` leaves the state it is given as it was (stepping it twice gives the same
+    result), ``*_rows`` writes into the given state's own arrays at its rows and nowhere else,
+    and ``decode_tail`` is a copy, not a view of the state."""
+    eng = toks[backend].engine
+    hop = toks[backend].hop_length
+    wav = noise(0.4, 21).reshape(4, -1)[:, :2 * hop]          # 4 streams, 2 frames each
+    _, _, s0 = eng.encode_step(wav[:3], eng.init_encode_state(3))  # a state that is not zeros
+    before = _arrays(s0)
+    z1, r1, s1 = eng.encode_step(wav[1:], s0)
+    assert _same(_arrays(s0), before)                      # the given state is untouched
+    z2, r2, s2 = eng.encode_step(wav[1:], s0)              # so stepping it again is a replay
+    assert np.array_equal(z1, z2) and np.array_equal(r1, r2) and _same(_arrays(s1),
+                                                                         _arrays(s2))
+    assert not _same(_arrays(s1), before)                  # and the new state did advance
+    p0 = eng.init_represent_state(3)
+    _, p1 = eng.represent_step(z1, p0)
+    assert not any(np.asarray(v).any() for v in _arrays(p0).values())
+    assert not _same(_arrays(p1), _arrays(p0))
+    d0 = eng.decode_step(z1, eng.init_decode_state(3))[1]
+    d_before = _arrays(d0)
+    y1, d1 = eng.decode_step(z2, d0)
+    assert _same(_arrays(d0), d_before) and np.array_equal(y1, eng.decode_step(z2, d0)[0])
+
+    # *_rows: in place, into the same arrays, at the given rows only
+    pool = eng.init_encode_state(4)
+    eng.encode_rows(wav, pool, np.arange(4))
+    objects, before = dict(pool), _arrays(pool)
+    rows = np.array([3, 1])
+    z, r = eng.encode_rows(wav[:2], pool, rows)
+    assert all(pool[k] is v for k, v in objects.items()) and set(pool) == set(objects)
+    after = _arrays(pool)
+    ref_z, ref_r, ref_s = eng.encode_step(  # what a step of those rows alone gives
+        wav[:2], {k: _as_engine(eng, v[rows]) for k, v in before.items()})
+    assert np.array_equal(z, ref_z) and np.array_equal(r, ref_r)
+    for k in before:
+        assert np.array_equal(after[k][[0, 2]], before[k][[0, 2]]), k   # other rows untouched
+        assert np.array_equal(after[k][rows], _arrays(ref_s)[k]), k     # these rows advanced
+    dpool = eng.init_decode_state(4)
+    eng.decode_rows(np.concatenate([z1, z1[:1]]), dpool, np.arange(4))
+    d_objects, d_before = dict(dpool), _arrays(dpool)
+    eng.decode_rows(z1[:2], dpool, rows)
+    d_after = _arrays(dpool)
+    assert all(dpool[k] is v for k, v in d_objects.items())
+    for k in d_before:
+        assert np.array_equal(d_after[k][[0, 2]], d_before[k][[0, 2]]), k
+    eng.zero_rows(dpool, [1])
+    zeroed = _arrays(dpool)
+    assert all(dpool[k] is v for k, v in d_objects.items())
+    assert all(not zeroed[k][1].any() and np.array_equal(zeroed[k][3], d_after[k][3])
+               for k in zeroed)
+
+    tail = eng.decode_tail(dpool)                          # a copy: resetting the pool's rows
+    kept = tail.copy()                                     # afterwards does not change it
+    assert kept[3].any()
+    eng.zero_rows(dpool, np.arange(4))
+    assert np.array_equal(tail, kept)
+
+
+def _as_engine(eng, a):
+    """A numpy state array in the engine's own array type."""
+    return torch.from_numpy(np.ascontiguousarray(a)) if eng.name == "torch" else a
+
+
+def test_numba_engine_checks_module_declarations_and_states(tiny_model, monkeypatch):
+    """The numba engine binds states through the layouts the torch modules declare: a module
+    whose declared state its mirror does not take, a layer type without a mirror, or a state
+    array of the wrong kind is a clear error, never a kernel reading the wrong memory."""
+    from f3stream.backends.numba import MIRRORS, NumbaEngine
+    from f3stream.backends.numba.weights import Reader
+    from f3stream.streaming import OverlapAdd, StateEntry
+
+    eng = NumbaEngine(tiny_model)
+    state = eng.init_decode_state(2)
+    state["ola.carry"] = state["ola.carry"].astype(np.float64)
+    with pytest.raises(F3StreamError, match="'ola.carry' must be a writable.*float32"):
+        eng.decode_rows(np.zeros((2, 1, 16), np.float32), state, np.arange(2))
+    with pytest.raises(F3StreamError, match="do not index"):
+        eng.decode_rows(np.zeros((1, 1, 16), np.float32), eng.init_decode_state(2), [2])
+    with pytest.raises(F3StreamError, match="no mirror of Conv2d"):
+        Reader(MIRRORS)(torch.nn.Conv2d(1, 1, 1))
+    real = OverlapAdd.own_state_spec
+    monkeypatch.setattr(OverlapAdd, "own_state_spec",
+                        lambda self: {**real(self), "extra": StateEntry((1,))})
+    with pytest.raises(F3StreamError, match=r"declares state \['extra'\]"):
+        NumbaEngine(tiny_model)
+
+
 def test_onnx_export_is_cached_and_full_graph_matches(tiny_model, tmp_path):
     eng = create_engine("onnx", tiny_model, torch.device("cpu"), export_dir=tmp_path, threads=1)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -160,6 +260,12 @@ def test_onnx_export_is_cached_and_full_graph_matches(tiny_model, tmp_path):
     stamp = (tmp_path / "encode_step.onnx").stat().st_mtime_ns
     create_engine("onnx", tiny_model, torch.device("cpu"), export_dir=tmp_path, threads=1)
     assert (tmp_path / "encode_step.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
+    assert manifest["graphs"]["decode_step"]["state"] == list(tiny_model.decoder.state_spec())
+    stale = dict(manifest, graphs={**manifest["graphs"], "decode_step": {
+        **manifest["graphs"]["decode_step"], "state": ["ola.carry"]}})
+    (tmp_path / "manifest.json").write_text(json.dumps(stale))  # made with another layout:
+    create_engine("onnx", tiny_model, torch.device("cpu"), export_dir=tmp_path, threads=1)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest  # re-exported
     assert tiny_model.training is False
     wav = noise(1.0, 3).reshape(1, -1)
     z, r, y = eng.run_full(np.concatenate([wav, -wav]))
@@ -323,8 +429,12 @@ def test_numba_features_equal_the_float64_reference(n_fft, hop, level_feature):
     """The numba engine's folded DFT + |X|^0.3 compression equals the torch encoder's float64
     features to float32 rounding, for even and odd frame lengths, on loud frames and on
     near-silent ones (where float32 DFTs were 1e-3 apart after the compression)."""
-    from f3stream.autoencoder import LEVEL_FLOOR, LEVEL_SCALE, SPECTRAL_FLOOR, AudioEncoder
-    from f3stream.backends import numba_backend as nb
+    from f3stream.autoencoder import AudioEncoder
+    from f3stream.backends.numba import MIRRORS
+    from f3stream.backends.numba.autoencoder import spectral_features
+    from f3stream.backends.numba.streaming.framing import causal_framing
+    from f3stream.backends.numba.streaming.state import state_binder
+    from f3stream.backends.numba.weights import Reader
     from f3stream.config import AutoencoderConfig
     enc = AudioEncoder(AutoencoderConfig(n_fft=n_fft, stft_hop=hop, sample_rate=24000,
                                          frame_rate=25, level_feature=level_feature))
@@ -333,9 +443,11 @@ def test_numba_features_equal_the_float64_reference(n_fft, hop, level_feature):
                                                                         [0.0]])
     wav[3] = 0.5 * np.sin(2 * np.pi * 200 * np.arange(960) / 24000)  # loud tone, quiet bins
     history = np.zeros((4, n_fft - hop), np.float32)
-    got = nb._frame_features(wav, history, np.arange(4), *nb._symmetric_dft(enc.basis, n_fft),
-                             n_fft, hop, np.float32(-0.35), SPECTRAL_FLOOR,
-                             LEVEL_SCALE if level_feature else 0.0, LEVEL_FLOOR)
+    w = Reader(MIRRORS)(enc)
+    assert w.features.power_exp == np.float32(-0.35)  # the encoder's own |X|^0.3
+    framing_state = state_binder(enc.framing, "", MIRRORS)({"history": history})
+    got = spectral_features(causal_framing(wav, framing_state, np.arange(4), w.framing),
+                            w.features)
     frames, _ = enc.framing.step(torch.from_numpy(wav), enc.framing.init_state(4))
     want = enc.features(frames.double()).reshape(-1, got.shape[1]).numpy()
     n_bins = n_fft // 2 + 1
@@ -354,11 +466,11 @@ def test_numba_gelu_and_linear_paths_match_reference():
     """The numba GELU's rational erf stays at float32 precision over the whole range, and every
     path of ``_linear`` (row-blocked BLAS, one product, our own few-rows loop) equals a
     float64 product at every batch size."""
-    from f3stream.backends import numba_backend as nb
+    from f3stream.backends.numba import nn as nb
     x = np.concatenate([np.linspace(-12, 12, 200001), [-1e4, -5.66, 5.66, 1e4]]).astype(
         np.float32)
     got = x.copy()
-    nb._gelu_(got)
+    nb.gelu_(got)
     want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
     assert np.abs(got - want).max() <= 2e-6 * max(1.0, float(np.abs(x).max()) / 12)
     rng = np.random.default_rng(0)
@@ -369,7 +481,7 @@ def test_numba_gelu_and_linear_paths_match_reference():
         a = rng.standard_normal((n, k)).astype(np.float32)
         ref = a.astype(np.float64) @ w + b
         for plan in ((nb.SMALL_GEMM, 0), (0, 0), (0, 16)):  # row blocks, BLAS, own loop
-            assert np.abs(nb._linear(a, w, b, plan) - ref).max() <= 1e-3, (n, plan)
+            assert np.abs(nb.linear(a, nb.Linear(w, b), plan) - ref).max() <= 1e-3, (n, plan)
     block_limit, own_rows = nb.gemm_plan()
     assert block_limit in (0, nb.SMALL_GEMM) and own_rows in (0, nb.OWN_ROWS)
 
@@ -381,7 +493,7 @@ def test_gemm_plan_is_measured_with_one_blas_thread(monkeypatch):
     pytest.importorskip("numba")
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from f3stream.backends import numba_backend as nb
+    from f3stream.backends.numba import nn as nb
 
     monkeypatch.delenv("F3STREAM_GEMM_PLAN", raising=False)
     seen = []

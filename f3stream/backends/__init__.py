@@ -52,7 +52,7 @@ def create_engine(backend: str, model: "F3Model", device: "torch.device", **opti
             import numba  # noqa: F401
         except ImportError as e:
             raise missing_package("numba", "numba", e) from None
-        from .numba_backend import NumbaEngine
+        from .numba import NumbaEngine
         return NumbaEngine(model, device)
     if backend == "onnx":
         try:

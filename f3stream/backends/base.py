@@ -1,19 +1,36 @@
 """The engine interface shared by all backends.
 
-Arrays in and out are numpy float32; a *state* is a flat dict whose keys mirror the torch
-model's state keys (``encoder.transformer.0.attn.k`` ...) and whose values have the batch as
-their first dimension, so states can be batched across sessions by concatenation.
+Arrays in and out are numpy float32; a *state* is a flat dict whose keys are the torch model's
+state keys (``encoder.transformer.0.attn.k`` ...) and whose values have the batch as their
+first dimension, so states can be batched across sessions by concatenation. The layout is the
+one the modules declare (:mod:`f3stream.streaming.state`); no engine spells it out.
+
+**Mutation contract** (the same for every engine; written once, in
+:mod:`f3stream.streaming.state`, and checked for every engine by
+``tests/test_backends.py::test_engines_honour_the_mutation_contract``):
+
+* ``encode_step`` / ``represent_step`` / ``decode_step`` never modify the state they are given
+  and return the advanced state as a new dict (which may share arrays with the given one only
+  where nothing changed, as an empty step does).
+* ``encode_rows`` / ``decode_rows`` / ``zero_rows`` write into the arrays of the state they
+  are given, at rows ``rows`` only (the in-place API of state pools).
+* ``decode_tail`` returns a new array, never a view of the state.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import TokenizerConfig
+from ..model import F3Model
+from ..streaming.state import State, StateEntry, concat_states, split_state, state_nbytes
 
-State = dict[str, Any]  # values are torch tensors (torch engine) or numpy arrays (others)
+if TYPE_CHECKING:
+    from ..autoencoder import AudioDecoder
+
+__all__ = ["Engine", "NumpyStateEngine", "State"]
 
 
 class Engine:
@@ -30,13 +47,15 @@ class Engine:
 
     def encode_step(self, wav: np.ndarray, state: State
                     ) -> tuple[np.ndarray, np.ndarray | None, State]:
-        """``[B, T*hop]`` float32 -> latents ``[B, T, D]``, reps ``[B, T, R]`` or None, state."""
+        """``[B, T*hop]`` float32 -> latents ``[B, T, D]``, reps ``[B, T, R]`` or None, and the
+        new state; ``state`` itself is left as it was."""
         raise NotImplementedError
 
     def encode_rows(self, wav: np.ndarray, state: State, rows: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`encode_step` for the streams stored at rows ``rows`` of a batched state,
-        which is updated in place (wav row b belongs to state row ``rows[b]``).
+        which is updated in place (wav row b belongs to state row ``rows[b]``); the other rows
+        are not touched.
 
         This lets many sessions keep their states as rows of one pooled state
         (:class:`~f3stream.session.EncoderStatePool`): a batched step over any subset of them
@@ -44,12 +63,11 @@ class Engine:
         kernels index the rows themselves (numba)."""
         if len(rows) == self._batch(state) and np.array_equal(rows, np.arange(len(rows))):
             z, r, new = self.encode_step(wav, state)
-            state.update(new)
+            self._write(state, new, slice(None))
             return z, r
         idx = self._index(rows)
         z, r, new = self.encode_step(wav, {k: v[idx] for k, v in state.items()})
-        for k, v in new.items():
-            state[k][idx] = v
+        self._write(state, new, idx)
         return z, r
 
     def decode_rows(self, z: np.ndarray, state: State, rows: np.ndarray) -> np.ndarray:
@@ -57,12 +75,11 @@ class Engine:
         updated in place (see :meth:`encode_rows`)."""
         if len(rows) == self._batch(state) and np.array_equal(rows, np.arange(len(rows))):
             wav, new = self.decode_step(z, state)
-            state.update(new)
+            self._write(state, new, slice(None))
             return wav
         idx = self._index(rows)
         wav, new = self.decode_step(z, {k: v[idx] for k, v in state.items()})
-        for k, v in new.items():
-            state[k][idx] = v
+        self._write(state, new, idx)
         return wav
 
     def zero_rows(self, state: State, rows: np.ndarray) -> None:
@@ -70,6 +87,13 @@ class Engine:
         idx = self._index(rows)
         for v in state.values():
             v[idx] = 0
+
+    @staticmethod
+    def _write(state: State, new: State, idx: Any) -> None:
+        """Writes a step's new state into ``state``'s arrays at ``idx`` (in place)."""
+        for k, v in new.items():
+            if v is not state[k]:
+                state[k][idx] = v
 
     @staticmethod
     def _batch(state: State) -> int:
@@ -91,67 +115,57 @@ class Engine:
         raise NotImplementedError
 
     def decode_step(self, z: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """``[B, T, D]`` -> ``[B, T*hop]`` samples delayed by ``decoder_delay``."""
+        """``[B, T, D]`` -> ``[B, T*hop]`` samples delayed by ``decoder_delay``, new state."""
         raise NotImplementedError
 
     def decode_tail(self, state: State) -> np.ndarray:
-        """``[B, decoder_delay]``: the samples still held in the overlap-add carry."""
+        """``[B, decoder_delay]``: the samples still held in the overlap-add carry (a copy)."""
         raise NotImplementedError
 
-    # -- state helpers (numpy by default) ----------------------------------------------
+    # -- state helpers: one implementation for torch tensors and numpy arrays -------------
     @staticmethod
     def has_representations(state: State) -> bool:
-        return any(k.startswith("representation.") for k in state)
+        return F3Model.has_representations(state)
 
-    def concat_states(self, states: list[State]) -> State:
-        if len(states) == 1:
-            return dict(states[0])
-        return {k: np.concatenate([s[k] for s in states], axis=0) for k in states[0]}
+    @staticmethod
+    def concat_states(states: list[State]) -> State:
+        return concat_states(states)
 
-    def split_state(self, state: State, sizes: list[int]) -> list[State]:
-        parts: list[State] = [{} for _ in sizes]
-        bounds = np.cumsum([0] + list(sizes))
-        for k, v in state.items():
-            for i in range(len(sizes)):
-                parts[i][k] = np.ascontiguousarray(v[bounds[i]:bounds[i + 1]])
-        return parts
+    @staticmethod
+    def split_state(state: State, sizes: list[int]) -> list[State]:
+        return split_state(state, sizes)
 
-    def state_nbytes(self, state: State) -> int:
-        return int(sum(v.nbytes for v in state.values()))
+    @staticmethod
+    def state_nbytes(state: State) -> int:
+        return state_nbytes(state)
 
 
 class NumpyStateEngine(Engine):
-    """Shared state layout for the non-torch engines: the torch model's keys, numpy arrays."""
+    """The non-torch engines' states: the layouts the model's modules declare, as zeroed numpy
+    arrays (floats as float32, integers as int64)."""
 
-    def __init__(self, cfg: TokenizerConfig, encode_shapes: dict, represent_shapes: dict,
-                 decode_shapes: dict):
-        super().__init__(cfg)
-        self._enc_shapes = encode_shapes
-        self._rep_shapes = represent_shapes
-        self._dec_shapes = decode_shapes
+    def __init__(self, model: F3Model):
+        super().__init__(model.cfg)
+        self._encode_specs = {True: model.encode_state_spec(True),
+                              False: model.encode_state_spec(False)}
+        self._represent_spec = model.representation.state_spec()
+        self._decode_spec = model.decode_state_spec()
+        self._decoder: AudioDecoder = model.decoder
 
     @staticmethod
-    def _zeros(shapes: dict, batch_size: int, prefix: str = "") -> State:
-        return {prefix + k: np.zeros((batch_size,) + shape, dtype=dtype)
-                for k, (shape, dtype) in shapes.items()}
+    def _zeros(spec: dict[str, StateEntry], batch_size: int) -> State:
+        return {k: np.zeros((batch_size, *e.shape), dtype=e.numpy_dtype)
+                for k, e in spec.items()}
 
     def init_encode_state(self, batch_size: int, with_representations: bool = True) -> State:
-        state = self._zeros(self._enc_shapes, batch_size, "encoder.")
-        if with_representations:
-            state.update(self._zeros(self._rep_shapes, batch_size, "representation."))
-        return state
+        return self._zeros(self._encode_specs[bool(with_representations)], batch_size)
 
     def init_represent_state(self, batch_size: int) -> State:
-        return self._zeros(self._rep_shapes, batch_size)
+        return self._zeros(self._represent_spec, batch_size)
 
     def init_decode_state(self, batch_size: int) -> State:
-        return self._zeros(self._dec_shapes, batch_size)
+        return self._zeros(self._decode_spec, batch_size)
 
-
-def state_shapes(torch_state: dict) -> dict:
-    """``{key: (shape without batch, numpy dtype)}`` from a batch-1 torch state."""
-    out = {}
-    for k, v in torch_state.items():
-        dtype = np.int64 if not v.is_floating_point() else np.float32
-        out[k] = (tuple(v.shape[1:]), dtype)
-    return out
+    def decode_tail(self, state: State) -> np.ndarray:
+        # the decoder says where its tail is (its overlap-add's carry); read on numpy arrays
+        return np.array(self._decoder.tail(state), dtype=np.float32, copy=True)

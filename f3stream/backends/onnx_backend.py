@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import F3StreamError
 from ..fileio import atomic_path, atomic_write_bytes
 from ..model import F3Model
-from .base import NumpyStateEngine, State, state_shapes
+from .base import NumpyStateEngine, State
 
 FORMAT = "f3stream-onnx"
 FORMAT_VERSION = 3  # 2: float64 spectral features in the encoder graphs; 3: level feature
@@ -183,6 +183,19 @@ def _export_all(model: F3Model, out: Path, exporter: str) -> Path:
     return out
 
 
+def _step_modules(model: F3Model) -> dict[str, nn.Module]:
+    """The module each step graph runs, whose declared state layout is the graph's state."""
+    return {"encode_step": model.encoder, "represent_step": model.representation,
+            "decode_step": model.decoder}
+
+
+def _state_layout_matches(manifest: dict, model: F3Model) -> bool:
+    """Whether an export's state inputs are the layout the model's modules declare now (an
+    export made by code with another layout is re-made, not fed the wrong keys)."""
+    return all(manifest["graphs"][g]["state"] == list(m.state_spec())
+               for g, m in _step_modules(model).items())
+
+
 def _read_manifest(path: Path) -> dict | None:
     try:
         data = json.loads((path / "manifest.json").read_text())
@@ -211,15 +224,14 @@ class OnnxEngine(NumpyStateEngine):
                  threads: int | None = None, providers: list[str] | None = None):
         import onnxruntime as ort
 
-        super().__init__(model.cfg, state_shapes(model.encoder.init_state(1)),
-                         state_shapes(model.representation.init_state(1)),
-                         state_shapes(model.decoder.init_state(1)))
+        super().__init__(model)
         if next(model.parameters()).device.type != "cpu":
             model = copy.deepcopy(model).cpu()  # export from a CPU copy; ORT picks the device
         key = model_key(model, exporter)
         path = Path(export_dir) if export_dir else Path(cache_dir or default_cache_dir()) / key
         manifest = _read_manifest(path)
-        if manifest is None or manifest.get("key") != key:
+        if (manifest is None or manifest.get("key") != key
+                or not _state_layout_matches(manifest, model)):
             export_onnx(model, path, exporter)
             manifest = _read_manifest(path)
         self.export_dir = path
@@ -264,10 +276,11 @@ class OnnxEngine(NumpyStateEngine):
         if wav.shape[1] == 0:
             return (np.zeros((bsz, 0, self._latent_dim), np.float32),
                     np.zeros((bsz, 0, self._rep_dim), np.float32) if with_reps else None, state)
-        z, state = self._run("encode_step", wav, state, "encoder.")
+        z, state = self._run("encode_step", wav, state, F3Model.ENCODER_STATE + ".")
         reps = None
         if with_reps:
-            reps, state = self._run("represent_step", z, state, "representation.")
+            reps, state = self._run("represent_step", z, state,
+                                    F3Model.REPRESENTATION_STATE + ".")
         return z, reps, state
 
     def represent_step(self, z, state):
@@ -281,9 +294,6 @@ class OnnxEngine(NumpyStateEngine):
         if z.shape[1] == 0:
             return np.zeros((z.shape[0], 0), np.float32), state
         return self._run("decode_step", z, state)
-
-    def decode_tail(self, state):
-        return state["ola.carry"].copy()
 
     def run_full(self, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Whole clips ``[B, T*hop]`` -> (latents, representations, aligned audio)."""

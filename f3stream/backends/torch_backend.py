@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from ..model import F3Model
-from ..streaming import concat_states, split_state, state_nbytes
 from .base import Engine, State
 
 
@@ -53,7 +52,9 @@ class TorchEngine(Engine):
         return self._np(wav), state
 
     def decode_tail(self, state):
-        return self._np(self.model.decode_tail(state))
+        # a copy: on the CPU ``.numpy()`` would be a view of the state, which zero_rows (a
+        # pooled session's reset) overwrites in place
+        return np.array(self._np(self.model.decode_tail(state)), copy=True)
 
     def encode_rows(self, wav, state, rows):
         with torch.inference_mode():  # in-place row writes into inference tensors
@@ -69,12 +70,3 @@ class TorchEngine(Engine):
 
     def _index(self, rows):
         return torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
-
-    def concat_states(self, states):
-        return concat_states(states)
-
-    def split_state(self, state, sizes):
-        return split_state(state, sizes)
-
-    def state_nbytes(self, state):
-        return state_nbytes(state)

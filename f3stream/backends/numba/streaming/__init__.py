@@ -1,0 +1,1 @@
+"""Mirrors of :mod:`f3stream.streaming`, module for module (state, conv, attention, framing)."""
