@@ -7,8 +7,9 @@ causal decoder -> waveform, and a causal representation encoder over the latents
 from .config import AutoencoderConfig, RepresentationConfig, TokenizerConfig
 from .errors import (AudioInputError, CheckpointError, ConfigError, F3StreamError,
                      SessionClosedError)
-from .session import (DecoderSession, DecoderStatePool, EncodedFrames, EncoderSession,
-                      EncoderStatePool, PoolFullError)
+from .frames import EncodedFrames
+from .session import (DecoderSession, DecoderStatePool, EncoderSession, EncoderStatePool,
+                      PoolFullError)
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"

@@ -116,6 +116,23 @@ def check_latent_values(z: np.ndarray) -> None:
                           "latents are O(1-10); are they scaled, or from another model?")
 
 
+def as_latents(latents, latent_dim: int, allow_empty: bool = False) -> np.ndarray:
+    """Returns contiguous float32 latents ``[frames, latent_dim]``: the latent side of the
+    contract (float dtype, the model's width, values per :func:`check_latent_values`, and
+    unless ``allow_empty`` at least one frame)."""
+    z = to_numpy(latents, "latents")
+    if z.ndim != 2 or z.shape[1] != latent_dim:
+        raise AudioInputError(f"latents must have shape [frames, {latent_dim}], got "
+                              f"{tuple(z.shape)}")
+    if z.dtype not in (np.float32, np.float64, np.float16):
+        raise AudioInputError(f"latents must be float, got dtype {z.dtype}")
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    check_latent_values(z)
+    if z.shape[0] == 0 and not allow_empty:
+        raise AudioInputError("latents are empty (0 frames)")
+    return z
+
+
 def finite_output(x: np.ndarray) -> np.ndarray:
     """``x`` with NaN/Inf replaced by 0 (and a warning): the last guard that keeps non-finite
     numbers out of what the model returns (a bug or a broken checkpoint, given valid input)."""

@@ -1,30 +1,35 @@
-"""The public API: load a checkpoint, encode / represent / decode, open streaming sessions."""
+"""The public API: load a checkpoint, encode / represent / decode, open streaming sessions.
+
+The front of the package: a :class:`Tokenizer` owns a model and the engine that runs it, and
+builds its offline paths on the streaming sessions of :mod:`f3stream.session` (which know only
+the engine). Input is validated here, once, where it enters (:mod:`f3stream.audio`)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from .audio import (as_mono_float32, check_latent_values, check_sample_rate, finite_output,
-                    to_numpy)
+from . import alignment
+from .alignment import Regrouper
+from .audio import as_latents, as_mono_float32, check_sample_rate, finite_output
 from .audiofile import AudioFileReader
 from .backends import Engine, create_engine, cuda_capable
 from .checkpoint import default_checkpoint_dir, load_checkpoint, load_state_strict, save_checkpoint
 from .config import TokenizerConfig
-from .errors import AudioInputError
+from .frames import EncodedFrames, join_frames
 from .model import F3Model
-from .session import (DecoderSession, DecoderStatePool, EncodedFrames, EncoderSession,
+from .session import (BLOCK_FRAMES, DecoderSession, DecoderStatePool, EncoderSession,
                       EncoderStatePool, step_decoder_sessions, step_encoder_sessions)
-from .streaming import State
 
-Backend = Literal["torch", "numba", "onnx"]
+Backend = str  # a name of the backend registry: f3stream.backends.BACKENDS
 
-BLOCK_FRAMES = 256  # offline work is cut into blocks of this many frames (~10 s): flat memory
+# BLOCK_FRAMES (from the sessions): offline work is regrouped into blocks of this many frames
+# (~10 s), so memory stays flat whatever the input's length
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -117,7 +122,7 @@ class Tokenizer:
 
     def n_frames(self, n_samples: int) -> int:
         """Frames that ``n_samples`` of audio give (the last partial frame is zero-padded)."""
-        return -(-n_samples // self.hop_length)
+        return alignment.n_frames(n_samples, self.hop_length)
 
     # -- offline API ------------------------------------------------------------------------
     def encode(self, audio, sample_rate: int | None = None, progress: bool = False) -> np.ndarray:
@@ -132,7 +137,7 @@ class Tokenizer:
         """One pass that returns latents and (optionally) representations."""
         check_sample_rate(sample_rate, self.sample_rate)
         wav = as_mono_float32(audio)
-        return self._join(self.tokenize_stream([wav], representations, progress, wav.size),
+        return self._join(self._tokenize_valid([wav], representations, progress, wav.size),
                           representations)
 
     def tokenize_stream(self, blocks: Iterable, representations: bool = True,
@@ -145,29 +150,33 @@ class Tokenizer:
         so that the session makes exactly the model calls :meth:`tokenize` of the joined
         audio makes, hence the very same numbers, however the input was cut.
         """
+        return self._tokenize_valid(
+            (as_mono_float32(block, name="audio block", allow_empty=True) for block in blocks),
+            representations, progress, total_samples)
+
+    def _tokenize_valid(self, blocks: Iterable[np.ndarray], representations: bool,
+                        progress: bool, total_samples: int | None) -> Iterator[EncodedFrames]:
+        """:meth:`tokenize_stream` of blocks already validated (``as_mono_float32``)."""
         session = self.session(representations)
         unit = BLOCK_FRAMES * self.hop_length
         bar = _progress_bar(-(-total_samples // unit) if total_samples else None, progress,
                             "encode")
-        buf = np.zeros(0, np.float32)
+        units = Regrouper(unit, np.zeros(0, np.float32))
         with bar:
-            for block in blocks:
-                x = as_mono_float32(block, name="audio block", allow_empty=True)
-                buf = np.concatenate([buf, x]) if buf.size else x
-                n_units = buf.size // unit
-                for i in range(n_units):
-                    yield session.push(buf[i * unit:(i + 1) * unit])
+            for x in blocks:
+                for u in units.units(x):
+                    yield session.push(u, validated=True)
                     bar.update(1)
-                buf = buf[n_units * unit:]
-            if buf.size:  # the last partial block, padded to whole frames as tokenize pads
-                pad = (-buf.size) % self.hop_length
-                yield session.push(np.concatenate([buf, np.zeros(pad, np.float32)]))
+            rest = units.take_pending()
+            if rest.size:  # the last partial block, padded to whole frames as tokenize pads
+                yield session.push(alignment.pad_to_frames(rest, self.hop_length),
+                                   validated=True)
                 bar.update(1)
         session.flush()  # nothing is pending: it only closes the stream
 
     def represent(self, latents, progress: bool = False) -> np.ndarray:
         """Latents ``[T, latent_dim]`` -> representations ``[T, representation_dim]``."""
-        z = self._check_latents(latents)
+        z = as_latents(latents, self.latent_dim)
         state = self.engine.init_represent_state(1)
         out = []
         with _progress_bar(-(-z.shape[0] // BLOCK_FRAMES), progress, "represent") as bar:
@@ -180,8 +189,8 @@ class Tokenizer:
     def decode(self, latents, progress: bool = False) -> np.ndarray:
         """Latents ``[T, latent_dim]`` -> waveform ``[T * hop_length]``, aligned with the audio
         they were encoded from. The same as a :class:`DecoderSession` fed frame by frame."""
-        z = self._check_latents(latents)
-        return np.concatenate(list(self.decode_stream([z], progress, z.shape[0])))
+        z = as_latents(latents, self.latent_dim)
+        return np.concatenate(list(self._decode_valid([z], progress, z.shape[0])))
 
     def decode_stream(self, latents: Iterable, progress: bool = False,
                       total_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -191,21 +200,25 @@ class Tokenizer:
         :meth:`tokenize_stream`, blocks are regrouped into ``BLOCK_FRAMES`` frames, so the
         pieces joined equal :meth:`decode` of the joined latents exactly.
         """
+        return self._decode_valid(
+            (as_latents(block, self.latent_dim, allow_empty=True) for block in latents),
+            progress, total_frames)
+
+    def _decode_valid(self, latents: Iterable[np.ndarray], progress: bool,
+                      total_frames: int | None) -> Iterator[np.ndarray]:
+        """:meth:`decode_stream` of blocks already validated (``as_latents``)."""
         session = self.decoder_session()
         bar = _progress_bar(-(-total_frames // BLOCK_FRAMES) if total_frames else None, progress,
                             "decode")
-        buf = np.zeros((0, self.latent_dim), np.float32)
+        units = Regrouper(BLOCK_FRAMES, np.zeros((0, self.latent_dim), np.float32))
         with bar:
-            for block in latents:
-                z = self._check_latents(block, allow_empty=True)
-                buf = np.concatenate([buf, z]) if buf.shape[0] else z
-                n_units = buf.shape[0] // BLOCK_FRAMES
-                for i in range(n_units):
-                    yield session.push(buf[i * BLOCK_FRAMES:(i + 1) * BLOCK_FRAMES])
+            for z in latents:
+                for u in units.units(z):
+                    yield session.push(u, validated=True)
                     bar.update(1)
-                buf = buf[n_units * BLOCK_FRAMES:]
-            if buf.shape[0]:
-                yield session.push(buf)
+            rest = units.take_pending()
+            if rest.shape[0]:
+                yield session.push(rest, validated=True)
                 bar.update(1)
         yield session.flush()
 
@@ -221,83 +234,32 @@ class Tokenizer:
     # -- streaming API ----------------------------------------------------------------------
     def session(self, representations: bool = True) -> EncoderSession:
         """A new streaming encoder session (its own state)."""
-        return EncoderSession(self, representations)
+        return EncoderSession(self.engine, representations)
 
     def session_pool(self, capacity: int, representations: bool = True) -> EncoderStatePool:
         """Room for ``capacity`` sessions (``pool.session()``) whose states are rows of one
         batched state, so :meth:`step_sessions` batches them without copying states."""
-        return EncoderStatePool(self, capacity, representations)
+        return EncoderStatePool(self.engine, capacity, representations)
 
     def decoder_session(self) -> DecoderSession:
-        return DecoderSession(self)
+        return DecoderSession(self.engine)
 
     def decoder_pool(self, capacity: int) -> DecoderStatePool:
         """Room for ``capacity`` decoder sessions batched in place (see :meth:`session_pool`)."""
-        return DecoderStatePool(self, capacity)
+        return DecoderStatePool(self.engine, capacity)
 
-    @staticmethod
-    def step_decoder_sessions(sessions: Sequence[DecoderSession], latents: Sequence
-                              ) -> list[np.ndarray]:
-        """Pushes one latent chunk into each decoder session, batching the model work."""
-        return step_decoder_sessions(sessions, latents)
+    #: Pushes one chunk into each session, batching the model work across sessions
+    #: (:func:`f3stream.session.step_encoder_sessions`, here for the front's users).
+    step_sessions = staticmethod(step_encoder_sessions)
+    #: Pushes one latent chunk into each decoder session, batching the model work
+    #: (:func:`f3stream.session.step_decoder_sessions`).
+    step_decoder_sessions = staticmethod(step_decoder_sessions)
 
-    @staticmethod
-    def step_sessions(sessions: Sequence[EncoderSession], chunks: Sequence
-                      ) -> list[EncodedFrames]:
-        """Pushes one chunk into each session, batching the model work across sessions."""
-        return step_encoder_sessions(sessions, chunks)
-
-    # -- internals shared by the offline and streaming paths -------------------------------
+    # -- internals ------------------------------------------------------------------------
     def _join(self, parts: Iterable[EncodedFrames], representations: bool) -> EncodedFrames:
         """The frames of a whole stream, from its consecutive pieces."""
-        parts = list(parts)
-        lat = [p.latents for p in parts] or [np.zeros((0, self.latent_dim), np.float32)]
-        rep = None
-        if representations:
-            rep = np.concatenate([p.representations for p in parts] or
-                                 [np.zeros((0, self.representation_dim), np.float32)])
-        return EncodedFrames(0, np.concatenate(lat), rep)
-
-    def _encode_array(self, wav: np.ndarray, state: State, row: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Whole frames of samples -> (latents, representations or None), advancing the stream
-        at row ``row`` of the batched ``state`` in place."""
-        n = wav.size // self.hop_length
-        lat, rep = [], []
-        rows = np.array([row], dtype=np.int64)
-        for a in range(0, n, BLOCK_FRAMES):
-            chunk = wav[a * self.hop_length:(a + BLOCK_FRAMES) * self.hop_length]
-            z, r = self.engine.encode_rows(chunk[None], state, rows)
-            lat.append(finite_output(z[0]))
-            if r is not None:
-                rep.append(finite_output(r[0]))
-        with_reps = self.engine.has_representations(state)
-        latents = np.concatenate(lat) if lat else np.zeros((0, self.latent_dim), np.float32)
-        reps = None
-        if with_reps:
-            reps = (np.concatenate(rep) if rep
-                    else np.zeros((0, self.representation_dim), np.float32))
-        return latents, reps
-
-    def _decode_array(self, z: np.ndarray, state: State, row: int = 0) -> np.ndarray:
-        """Latent frames -> samples, advancing the stream at row ``row`` of ``state``."""
-        if z.shape[0] == 0:
-            return np.zeros(0, np.float32)
-        return finite_output(
-            self.engine.decode_rows(z[None], state, np.array([row], dtype=np.int64))[0])
-
-    def _check_latents(self, latents, allow_empty: bool = False) -> np.ndarray:
-        z = to_numpy(latents, "latents")
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise AudioInputError(f"latents must have shape [frames, {self.latent_dim}], got "
-                                  f"{tuple(z.shape)}")
-        if z.dtype not in (np.float32, np.float64, np.float16):
-            raise AudioInputError(f"latents must be float, got dtype {z.dtype}")
-        z = np.ascontiguousarray(z, dtype=np.float32)
-        check_latent_values(z)
-        if z.shape[0] == 0 and not allow_empty:
-            raise AudioInputError("latents are empty (0 frames)")
-        return z
+        return join_frames(parts, self.latent_dim,
+                           self.representation_dim if representations else None)
 
 
 def _progress_bar(total: int | None, enabled: bool, what: str):

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import AudioInputError
 from .fileio import atomic_path
-from .session import EncodedFrames
+from .frames import EncodedFrames
 
 
 class TokensFileError(AudioInputError):

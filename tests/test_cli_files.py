@@ -17,7 +17,7 @@ from f3stream.audio import write_audio
 from f3stream.audiofile import AudioFileReader
 from f3stream.cli import main
 from f3stream.errors import AudioInputError
-from f3stream.session import EncodedFrames
+from f3stream.frames import EncodedFrames
 from f3stream.tokens_io import load_tokens, save_tokens
 
 SR = 24000

@@ -72,7 +72,7 @@ def test_latents_at_the_bound_are_accepted(tiny_tokenizer, consume):
 def test_decode_cli_refuses_absurd_latents_and_writes_nothing(tiny_tokenizer, tmp_path, capsys):
     """`f3stream decode` of latents of 3e38 wrote a wav of constant -1.0."""
     from f3stream.cli import main
-    from f3stream.session import EncodedFrames
+    from f3stream.frames import EncodedFrames
     from f3stream.tokens_io import save_tokens
 
     ckpt = tiny_tokenizer.save(tmp_path / "tiny")

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..session import DecoderSession, EncodedFrames, EncoderSession
+from ..frames import EncodedFrames
+from ..session import DecoderSession, EncoderSession
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work, now_us
 from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS

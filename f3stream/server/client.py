@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .. import g711
 from ..errors import F3StreamError
-from ..session import EncodedFrames
+from ..frames import EncodedFrames
 from .protocol import (FORMATS, KIND_AUDIO, KIND_BOTH, KIND_LATENTS, PROTOCOL_VERSION,
                        FrameMessage, Hello, ProtocolError, parse_frame)
 

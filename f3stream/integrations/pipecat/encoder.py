@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...frames import EncodedFrames
 from ...resampling import StreamResampler
-from ...session import EncodedFrames
 from .frames import LatentFrame
 from .source import AudioToLatents
 
