@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .alignment import align_decoded
 from .autoencoder import AudioDecoder, AudioEncoder
 from .bottleneck import NoiseBottleneck
 from .config import TokenizerConfig
@@ -95,5 +96,4 @@ class F3Model(nn.Module):
         z = self.bottleneck(z)
         state = self.decoder.init_state(b, wav.device)
         y, state = self.decoder.step(z, state)
-        y = torch.cat([y, self.decoder.tail(state)], dim=-1)
-        return z, y[:, self.cfg.autoencoder.decoder_delay:]
+        return z, align_decoded(y, self.decoder.tail(state), self.cfg.autoencoder.decoder_delay)

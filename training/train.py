@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from f3stream.alignment import align_decoded
 from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
@@ -49,7 +50,7 @@ class AutoencoderPart(nn.Module):
         b = wav.shape[0]
         z = self.bottleneck(self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0])
         y, state = self.decoder.step(z, self.decoder.init_state(b, wav.device))
-        return torch.cat([y, self.decoder.tail(state)], dim=-1)[:, self.delay:]
+        return align_decoded(y, self.decoder.tail(state), self.delay)
 
 
 def load_sources(cfg: TrainConfig, stage: StageConfig, with_text: bool = False):

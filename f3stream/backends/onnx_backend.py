@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..alignment import align_decoded
 from ..errors import F3StreamError
 from ..fileio import atomic_path, atomic_write_bytes
 from ..model import F3Model
@@ -100,8 +101,7 @@ class _Full(nn.Module):
         z, r, _ = m.encode_step(wav, m.init_encode_state(b, True, wav.device))
         dec = m.init_decode_state(b, wav.device)
         y, dec = m.decode_step(z, dec)
-        y = torch.cat([y, m.decode_tail(dec)], dim=-1)
-        return z, r, y[:, m.cfg.autoencoder.decoder_delay:]
+        return z, r, align_decoded(y, m.decode_tail(dec), m.cfg.autoencoder.decoder_delay)
 
 
 def _export_one(module: nn.Module, args: tuple, path: Path, inputs: list[str],
