@@ -105,7 +105,7 @@ def metrics(port: int) -> dict:
 async def scenario_run(scenario: str, port: int, pid: int, duration: float) -> dict:
     from server_load import Barrier, one_client
 
-    from f3stream.server.protocol import percentile
+    from f3stream.stats import percentile
 
     url = f"ws://127.0.0.1:{port}"
     start = Barrier(1)

@@ -30,9 +30,10 @@ import urllib.request
 import numpy as np
 from conditions import Sampler
 
+from f3stream.backends import BACKENDS
 from f3stream.server import eventloop
 from f3stream.server.client import AsyncClient
-from f3stream.server.protocol import percentile
+from f3stream.stats import percentile
 
 SR, HOP = 24000, 960
 
@@ -214,7 +215,7 @@ def main() -> None:
                    help="server threads per model step (serve --threads)")
     p.add_argument("--model-workers", type=int, default=2,
                    help="serve --model-workers (default: 2, serve's default)")
-    p.add_argument("--backend", default=None, choices=("torch", "numba", "onnx"),
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="server model backend (default: the server's default)")
     p.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
     p.add_argument("--loop", choices=eventloop.LOOPS, default="auto",

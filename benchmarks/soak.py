@@ -231,7 +231,7 @@ def summarize(tally: Tally, metrics: dict, abusers: list[dict], conditions: dict
               args) -> dict:
     from conditions import rss_growth
 
-    from f3stream.server.protocol import percentile
+    from f3stream.stats import percentile
 
     def pct(v) -> dict:
         v = list(v)

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from f3stream import Tokenizer
+from f3stream.backends import REGISTRY
 from f3stream.bench import _speech, measure_cold_start, measure_mimi
+from f3stream.stats import percentile
 from f3stream.threads import limit_threads
 
-BACKENDS = ["torch", "numba", "onnx"]
+BACKENDS = list(REGISTRY)
 THREADS = 1
 SECONDS = 10.0
 
@@ -21,9 +23,10 @@ SECONDS = 10.0
 @pytest.fixture(scope="module", params=BACKENDS)
 def tok(request):
     backend = request.param
-    if backend != "torch":
-        pytest.importorskip(backend if backend == "numba" else "onnxruntime")
-    t = Tokenizer.load(None, "cpu", backend, **({"threads": THREADS} if backend == "onnx" else {}))
+    if REGISTRY[backend].package is not None:
+        pytest.importorskip(REGISTRY[backend].package)
+    t = Tokenizer.load(None, "cpu", backend,
+                       **({"threads": THREADS} if REGISTRY[backend].takes_options else {}))
     limit_threads(THREADS)
     return t
 
@@ -51,9 +54,9 @@ def _p99(benchmark) -> float | None:
     data = getattr(benchmark.stats, "stats", benchmark.stats).data
     if not data:
         return None
-    benchmark.extra_info["p50_ms"] = float(np.percentile(data, 50) * 1e3)
-    benchmark.extra_info["p99_ms"] = float(np.percentile(data, 99) * 1e3)
-    return float(np.percentile(data, 99))
+    benchmark.extra_info["p50_ms"] = float(percentile(data, 50) * 1e3)
+    benchmark.extra_info["p99_ms"] = float(percentile(data, 99) * 1e3)
+    return float(percentile(data, 99))
 
 
 def _check_rtf(benchmark, tok, seconds: float) -> None:

@@ -43,6 +43,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("pipecat_agent: error: pipecat is not installed: pip install 'f3stream[pipecat]'")
 
+from f3stream.backends import BACKENDS
 from f3stream.integrations.pipecat import (DecoderProcessor, EncoderProcessor, LatentFrame,
                                            RemoteEncoderProcessor)
 from f3stream.integrations.pipecat.frames import audio_frame_samples
@@ -268,7 +269,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--url", help="tokenize on an `f3stream serve` at this ws:// URL")
     p.add_argument("--token", help="the server's token (with --url)")
     p.add_argument("--checkpoint", help="checkpoint directory (default: the bundled one)")
-    p.add_argument("--backend", default="torch", choices=["torch", "numba", "onnx"])
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--realtime", action="store_true",
                    help="feed a file at its real-time pace (as a microphone would)")
     p.add_argument("--threshold-db", type=float, default=-40.0,

@@ -20,11 +20,26 @@ from typing import Any
 
 import numpy as np
 
+from .backends import BACKENDS, get_backend
+from .commandline import add_command, add_model_options
 from .errors import F3StreamError
 from .fileio import atomic_write_bytes
+from .stats import percentile
 from .threads import limit_threads
 
-DEFAULT_BACKENDS = ("torch", "numba", "onnx")
+DEFAULT_BACKENDS = BACKENDS   # every backend of the registry
+
+
+def _engine_options(backend: str, threads: int) -> dict[str, int]:
+    """The engines that take options take ``threads`` (ONNX Runtime's own thread pool); the
+    others run on the threads :func:`limit_threads` sets."""
+    return {"threads": threads} if get_backend(backend).takes_options else {}
+
+
+def _load(checkpoint: str | None, backend: str, threads: int):
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.load(checkpoint, "cpu", backend, **_engine_options(backend, threads))
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -46,7 +61,7 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def _percentiles(times: list[float]) -> dict[str, float]:
     a = np.asarray(times) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+    return {"p50_ms": float(percentile(a, 50)), "p99_ms": float(percentile(a, 99)),
             "mean_ms": float(a.mean())}
 
 
@@ -64,10 +79,7 @@ def measure_backends(backends: list[str], checkpoint: str | None, seconds: float
     """Step latency (batch 1, through the session API), offline RTFs, state sizes and batched
     capacity. Backends are *interleaved* frame by frame and run by run, so on a shared or
     throttled machine they all see the same conditions and their ratios stay meaningful."""
-    from .tokenizer import Tokenizer
-
-    toks = {b: Tokenizer.load(checkpoint, "cpu", b, **({"threads": threads} if b == "onnx"
-                                                         else {})) for b in backends}
+    toks = {b: _load(checkpoint, b, threads) for b in backends}
     limit_threads(threads)
     any_tok = next(iter(toks.values()))
     hop = any_tok.hop_length
@@ -189,7 +201,7 @@ def measure_cold_start(backend: str, checkpoint: str | None, threads: int = 1,
                        empty_caches: bool = False) -> dict[str, float]:
     """A fresh process: import + load + first encoded and decoded frame. With ``empty_caches``
     the Numba kernel cache and the ONNX export cache start empty (a first run after install)."""
-    options = f", threads={threads}" if backend == "onnx" else ""
+    options = "".join(f", {k}={v!r}" for k, v in _engine_options(backend, threads).items())
     code = _COLD.format(threads=threads, checkpoint=checkpoint, backend=backend,
                         options=options)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -278,11 +290,7 @@ def run_bench(backends: list[str], checkpoint: str | None = None, seconds: float
             r["first_run"] = measure_cold_start(b, checkpoint, threads, empty_caches=True)
         report["backends"][b] = r
     if mimi:
-        from .tokenizer import Tokenizer
-
-        toks = {b: Tokenizer.load(checkpoint, "cpu", b, **({"threads": threads}
-                                                            if b == "onnx" else {}))
-                for b in backends}
+        toks = {b: _load(checkpoint, b, threads) for b in backends}
         m = measure_mimi(max(20, frames // 3), threads, toks)
         if m is not None:
             report["mimi"] = m
@@ -340,8 +348,6 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .backends import BACKENDS
-
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
@@ -361,18 +367,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parser(subs, sub_factory, model_parent: argparse.ArgumentParser) -> None:
-    """Registers ``f3stream bench`` (kept here so cli.py needs a two-line hook only)."""
-    p = sub_factory(subs, "bench", "measure latency, real-time factor, memory per backend",
+def register(subs) -> None:
+    """Registers ``f3stream bench``."""
+    p = add_command(subs, "bench", "measure latency, real-time factor, memory per backend",
                     "Measures per-frame step latency at batch 1 (p50/p99), offline encode+"
-                    "represent and decode real-time factors, state bytes per session, cold-start "
-                    "time and how many real-time streams one core sustains, for each backend; "
-                    "writes bench.json and bench.md into --out.",
-                    "  f3stream bench --threads 1 --out bench-results\n", [])
-    p.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="checkpoint directory; default: the bundled one")
+                    "represent and decode real-time factors, state bytes per session, "
+                    "cold-start time and how many real-time streams one core sustains, for each "
+                    "backend; writes bench.json and bench.md into --out.",
+                    "  f3stream bench --threads 1 --out bench-results\n", cmd_bench)
+    add_model_options(p, device=None, backend=False)  # --checkpoint; --backends below
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                   help="comma-separated backends to measure (default: torch,numba,onnx)")
+                   help="comma-separated backends to measure (default: "
+                        f"{','.join(DEFAULT_BACKENDS)})")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch / BLAS / ONNX Runtime (default: 1)")
     p.add_argument("--seconds", type=float, default=10.0,
@@ -387,4 +393,3 @@ def add_bench_parser(subs, sub_factory, model_parent: argparse.ArgumentParser) -
                    help="also time a fresh process with empty Numba / ONNX caches")
     p.add_argument("--no-mimi", action="store_true",
                    help="skip the Kyutai Mimi peer even if 'moshi' is installed")
-    p.set_defaults(func=cmd_bench)

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .audiofile import AudioFileReader
+from .commandline import add_command, add_model_options, model_spec
 from .errors import F3StreamError
 from .fileio import atomic_write_bytes
 
@@ -644,17 +645,13 @@ def load_tokenized(out_dir: str | os.PathLike, path_or_key: str | os.PathLike) -
 
 # -- command line ------------------------------------------------------------------------------
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BulkError("--device cuda was requested but no CUDA GPU is available")
+    model = model_spec(args)  # the workers load it; a missing GPU fails here, once
     if args.workers is not None and args.workers < 1:
         raise BulkError(f"--workers must be at least 1, got {args.workers}")
     try:
         with _sigterm_stops_the_run():
-            s = tokenize_corpus(args.input, args.out, checkpoint=args.checkpoint,
-                                device=args.device, backend=args.backend or "torch",
+            s = tokenize_corpus(args.input, args.out, checkpoint=model.checkpoint,
+                                device=model.device, backend=model.backend,
                                 representations=not args.no_representations,
                                 shard_size=args.shard_size, workers=args.workers,
                                 engine=args.engine, overwrite=args.overwrite,
@@ -681,16 +678,18 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> None:
-    p = subs.add_parser(
-        "tokenize", parents=[model_parent], help="a folder or manifest of audio -> token shards",
-        description="Tokenizes every audio file of a folder (recursively) or a JSONL manifest "
-                    "into safetensors shards plus index.jsonl, with several worker processes. "
-                    "Re-running the same command resumes: complete shards are skipped. "
-                    "Unreadable files are listed in the index as errors.",
-        epilog="example:\n  f3stream tokenize corpus/ --out corpus-tokens --workers 2\n"
-               "  f3stream tokenize corpus/manifest.jsonl --out tokens --no-representations",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subs) -> None:
+    """Registers ``f3stream tokenize``."""
+    p = add_command(
+        subs, "tokenize", "a folder or manifest of audio -> token shards",
+        "Tokenizes every audio file of a folder (recursively) or a JSONL manifest into "
+        "safetensors shards plus index.jsonl, with several worker processes. Re-running the "
+        "same command resumes: complete shards are skipped. Unreadable files are listed in the "
+        "index as errors.",
+        "  f3stream tokenize corpus/ --out corpus-tokens --workers 2\n"
+        "  f3stream tokenize corpus/manifest.jsonl --out tokens --no-representations\n",
+        cmd_tokenize)
+    add_model_options(p)
     p.add_argument("input", metavar="DIR_OR_MANIFEST",
                    help="folder of audio files or a JSONL manifest")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -706,4 +705,3 @@ def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into an --out that holds other files or another run's settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_tokenize)

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import textwrap
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,9 +27,10 @@ import f3stream
 from .audio import load_audio, write_audio
 from .audiofile import AudioFileReader, AudioFileWriter
 from .checkpoint import WEIGHTS_FILE, default_checkpoint_dir, human_size
+from .commandline import CLIError, add_command, add_model_options, load_tokenizer
 from .errors import F3StreamError
 from .fileio import atomic_path
-from .session import EncodedFrames
+from .frames import EncodedFrames
 from .tokenizer import Tokenizer
 from .tokens_io import TokensWriter, load_tokens, save_tokens
 
@@ -39,25 +39,11 @@ EXIT_INTERRUPTED = 130
 QUALITY_SECONDS = 20  # reconstruct compares at most this much (60 s raised its peak by 135 MB)
 
 
-class CLIError(F3StreamError):
-    """A problem with the command-line arguments found after parsing (e.g. no GPU)."""
-
-
 def assets_dir() -> Path:
     return Path(f3stream.__file__).parent / "assets"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _load_tokenizer(args: argparse.Namespace) -> Tokenizer:
-    device = getattr(args, "device", "cpu")
-    if device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise CLIError("--device cuda was requested but no CUDA GPU is available; use "
-                           "--device auto (GPU if present, else CPU) or --device cpu")
-    return Tokenizer.load(args.checkpoint, device, getattr(args, "backend", None) or "torch")
-
-
 def _checkpoint_label(args: argparse.Namespace) -> str:
     if args.checkpoint is None:
         return f"{default_checkpoint_dir()} (bundled)"
@@ -167,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for path in (tokens_path, recon_path, original_path):
         _check_out(path)
 
-    tok = _load_tokenizer(args)
+    tok = load_tokenizer(args)
     trained, status = _trained_status(tok.info)
     wav, file_sr = load_audio(sample, tok.sample_rate)
     sr = tok.sample_rate
@@ -222,7 +208,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     _check_out(out, inp)
     reps = not args.no_representations
     with AudioFileReader(inp) as audio:  # a bad file fails before the model loads
-        tok = _load_tokenizer(args)
+        tok = load_tokenizer(args)
         sr = tok.sample_rate
         t0 = time.perf_counter()
         wav = _Head()
@@ -249,7 +235,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     tokens = load_tokens(inp, representations=False)
     if tokens.n_frames == 0:
         raise CLIError(f"{inp} holds 0 frames: nothing to decode")
-    tok = _load_tokenizer(args)
+    tok = load_tokenizer(args)
     for name, have, want in (("sample rate", tokens.sample_rate, tok.sample_rate),
                              ("frame rate", tokens.frame_rate, tok.frame_rate)):
         if have is not None and have != want:
@@ -276,7 +262,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _check_audio_out(out)
     _check_out(out, inp)
     with AudioFileReader(inp) as audio:
-        tok = _load_tokenizer(args)
+        tok = load_tokenizer(args)
         sr = tok.sample_rate
         # the quality figures compare the first QUALITY_SECONDS, so memory stays flat
         wav, recon = _Head(QUALITY_SECONDS * sr), _Head(QUALITY_SECONDS * sr)
@@ -328,7 +314,7 @@ def checkpoint_summary(tok: Tokenizer, path: Path) -> dict[str, Any]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint) if args.checkpoint is not None else default_checkpoint_dir()
-    tok = Tokenizer.load(path, "cpu")
+    tok = load_tokenizer(args)  # --checkpoint only: on the CPU, torch engine
     s = checkpoint_summary(tok, path)
     if args.json:
         print(json.dumps(s, indent=2))
@@ -350,26 +336,64 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------
-def _sub(subs, name: str, help_: str, description: str, example: str,
-         parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    return subs.add_parser(name, help=help_, description=textwrap.fill(description, 79),
-                           parents=parents,
-                           epilog="example:\n" + example,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subs) -> None:
+    """Registers demo, encode, decode, reconstruct and info."""
+    p = add_command(subs, "demo", "tokenize and reconstruct the bundled speech sample",
+                    "Tokenizes the bundled speech sample, reconstructs it, and writes "
+                    "tokens.npz, reconstruction.wav and original.wav into DIR, printing timings, "
+                    "shapes, quality figures and whether the checkpoint is trained.",
+                    "  f3stream demo --out f3stream-demo\n", cmd_demo)
+    add_model_options(p)
+    p.add_argument("--out", metavar="DIR", default="f3stream-demo",
+                   help="output directory (default: ./f3stream-demo)")
+
+    p = add_command(subs, "encode", "audio file -> tokens (.npz)",
+                    "Encodes an audio file (any format libsndfile reads, any sample rate; "
+                    "multichannel is mixed down to mono and resampled to the model's rate) into "
+                    "an .npz holding 'latents' [frames, 64], 'representations' [frames, 768], "
+                    "'sample_rate' and 'frame_rate'.",
+                    "  f3stream encode speech.flac --out speech.npz\n", cmd_encode)
+    add_model_options(p)
+    p.add_argument("input", metavar="INPUT", help="audio file to encode")
+    p.add_argument("--out", metavar="FILE.npz", default=None,
+                   help="output token file (default: INPUT with suffix .npz)")
+    p.add_argument("--no-representations", action="store_true",
+                   help="store only the latents (skips the representation encoder)")
+
+    p = add_command(subs, "decode", "tokens (.npz) -> audio file",
+                    "Decodes the 'latents' of a token file written by 'f3stream encode' back to "
+                    "16-bit audio at the model's sample rate. Use the checkpoint that encoded "
+                    "them.",
+                    "  f3stream decode speech.npz --out speech.decoded.wav\n", cmd_decode)
+    add_model_options(p)
+    p.add_argument("tokens", metavar="TOKENS.npz", help="token file from 'f3stream encode'")
+    p.add_argument("--out", metavar="FILE.wav", default=None,
+                   help="output audio file, .wav or .flac (default: TOKENS with suffix .wav)")
+
+    p = add_command(subs, "reconstruct", "audio file -> tokens -> audio file, in one go",
+                    "Encodes an audio file and decodes it again (what a listener of the codec "
+                    "hears), printing its quality against the input (mel distance; PESQ-WB and "
+                    "STOI with the [eval] extra).",
+                    "  f3stream reconstruct speech.wav --out speech.reconstructed.wav\n",
+                    cmd_reconstruct)
+    add_model_options(p)
+    p.add_argument("input", metavar="INPUT", help="audio file to reconstruct")
+    p.add_argument("--out", metavar="FILE.wav", default=None,
+                   help="output audio file (default: INPUT's name + .reconstructed.wav)")
+
+    p = add_command(subs, "info", "describe a checkpoint",
+                    "Prints a checkpoint's sample rate, frame rate, hop length, latent and "
+                    "representation sizes, parameter counts, whether it is trained, and its "
+                    "algorithmic latency (one frame plus the decoder's look-ahead).",
+                    "  f3stream info --json\n", cmd_info)
+    add_model_options(p, device=None, backend=False)
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--checkpoint", metavar="DIR", default=None,
-                       help="checkpoint directory (config.json + model.safetensors); default: "
-                            "the bundled one")
-    model.add_argument("--device", choices=("cpu", "auto", "cuda"), default="cpu",
-                       help="where to run the model; auto = CUDA if available, else CPU "
-                            "(default: cpu)")
-    model.add_argument("--backend", choices=("torch", "numba", "onnx"), default=None,
-                       help="inference engine: torch (reference), numba (compiled CPU kernels) "
-                            "or onnx (ONNX Runtime); default: torch (serve: numba when "
-                            "installed)")
+    from . import bench, bulk, generate, mic
+    from .evaluation import cli as evaluation_cli
+    from .server import cli as server_cli
 
     parser = argparse.ArgumentParser(
         prog="f3stream",
@@ -382,70 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version",
                         version=f"f3stream {f3stream.__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = _sub(subs, "demo", "tokenize and reconstruct the bundled speech sample",
-             "Tokenizes the bundled speech sample, reconstructs it, and writes tokens.npz, "
-             "reconstruction.wav and original.wav into DIR, printing timings, shapes, quality "
-             "figures and whether the checkpoint is trained.",
-             "  f3stream demo --out f3stream-demo\n", [model])
-    p.add_argument("--out", metavar="DIR", default="f3stream-demo",
-                   help="output directory (default: ./f3stream-demo)")
-    p.set_defaults(func=cmd_demo)
-
-    p = _sub(subs, "encode", "audio file -> tokens (.npz)",
-             "Encodes an audio file (any format libsndfile reads, any sample rate; multichannel "
-             "is mixed down to mono and resampled to the model's rate) into an .npz holding "
-             "'latents' [frames, 64], 'representations' [frames, 768], 'sample_rate' and "
-             "'frame_rate'.",
-             "  f3stream encode speech.flac --out speech.npz\n", [model])
-    p.add_argument("input", metavar="INPUT", help="audio file to encode")
-    p.add_argument("--out", metavar="FILE.npz", default=None,
-                   help="output token file (default: INPUT with suffix .npz)")
-    p.add_argument("--no-representations", action="store_true",
-                   help="store only the latents (skips the representation encoder)")
-    p.set_defaults(func=cmd_encode)
-
-    p = _sub(subs, "decode", "tokens (.npz) -> audio file",
-             "Decodes the 'latents' of a token file written by 'f3stream encode' back to "
-             "16-bit audio at the model's sample rate. Use the checkpoint that encoded them.",
-             "  f3stream decode speech.npz --out speech.decoded.wav\n", [model])
-    p.add_argument("tokens", metavar="TOKENS.npz", help="token file from 'f3stream encode'")
-    p.add_argument("--out", metavar="FILE.wav", default=None,
-                   help="output audio file, .wav or .flac (default: TOKENS with suffix .wav)")
-    p.set_defaults(func=cmd_decode)
-
-    p = _sub(subs, "reconstruct", "audio file -> tokens -> audio file, in one go",
-             "Encodes an audio file and decodes it again (what a listener of the codec hears), "
-             "printing its quality against the input (mel distance; PESQ-WB and STOI with the "
-             "[eval] extra).",
-             "  f3stream reconstruct speech.wav --out speech.reconstructed.wav\n", [model])
-    p.add_argument("input", metavar="INPUT", help="audio file to reconstruct")
-    p.add_argument("--out", metavar="FILE.wav", default=None,
-                   help="output audio file (default: INPUT's name + .reconstructed.wav)")
-    p.set_defaults(func=cmd_reconstruct)
-
-    p = _sub(subs, "info", "describe a checkpoint",
-             "Prints a checkpoint's sample rate, frame rate, hop length, latent and "
-             "representation sizes, parameter counts, whether it is trained, and its "
-             "algorithmic latency (one frame plus the decoder's look-ahead).",
-             "  f3stream info --json\n", [])
-    p.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="checkpoint directory; default: the bundled one")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    p.set_defaults(func=cmd_info)
-
-    from .server.cli import add_subcommands as add_live_subcommands  # serve, stream
-    add_live_subcommands(subs, model)
-    from .evaluation.cli import add_subcommand as add_eval_subcommand  # eval
-    add_eval_subcommand(subs, model)
-    from .bench import add_bench_parser  # bench
-    add_bench_parser(subs, _sub, model)
-    from .generate import add_subcommand as add_generate_subcommand  # generate
-    add_generate_subcommand(subs, model)
-    from .mic import add_subcommand as add_mic_subcommand  # mic
-    add_mic_subcommand(subs, model)
-    from .bulk import add_subcommand as add_tokenize_subcommand  # tokenize
-    add_tokenize_subcommand(subs, model)
+    # every command module registers its commands the same way: register(subs)
+    for module in (sys.modules[__name__], server_cli, evaluation_cli, bench, generate, mic,
+                   bulk):
+        module.register(subs)
     return parser
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .audio import load_audio, write_audio
+from .commandline import add_command, add_model_options, load_tokenizer
 from .errors import F3StreamError
 
 
@@ -33,11 +34,10 @@ def generate(tok, lm, scale: float, prompt_wav: np.ndarray, seconds: float,
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .latent_lm import load_latent_lm
-    from .tokenizer import Tokenizer
 
     if args.seconds <= 0 or args.seconds > 60:
         raise F3StreamError("--seconds must be in (0, 60]")
-    tok = Tokenizer.load(args.checkpoint)
+    tok = load_tokenizer(args)  # --device and --backend were accepted and ignored before
     lm_dir = Path(args.lm) if args.lm else default_latent_lm_dir()
     lm, info = load_latent_lm(lm_dir)
     if lm.cfg.latent_dim != tok.latent_dim:
@@ -58,14 +58,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> None:
-    p = subs.add_parser(
-        "generate", parents=[model_parent], help="continue a spoken prompt with the latent LM",
-        description="Encodes the prompt, samples a continuation of its latents with the latent "
-                    "language model (flow-matching head, 2-frame patches at 12.5 Hz), decodes "
-                    "prompt + continuation and writes the audio.",
-        epilog="example:\n  f3stream generate --prompt speech.wav --seconds 3 --out cont.wav",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subs) -> None:
+    """Registers ``f3stream generate``."""
+    p = add_command(
+        subs, "generate", "continue a spoken prompt with the latent LM",
+        "Encodes the prompt, samples a continuation of its latents with the latent language "
+        "model (flow-matching head, 2-frame patches at 12.5 Hz), decodes prompt + "
+        "continuation and writes the audio.",
+        "  f3stream generate --prompt speech.wav --seconds 3 --out cont.wav\n", cmd_generate)
+    add_model_options(p)
     p.add_argument("--prompt", required=True, metavar="FILE", help="audio prompt")
     p.add_argument("--prompt-seconds", type=float, default=3.0,
                    help="use at most this much of the prompt (default 3)")
@@ -75,4 +76,3 @@ def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated.wav", metavar="FILE.wav")
-    p.set_defaults(func=cmd_generate)

@@ -29,7 +29,6 @@ import math
 import queue
 import shutil
 import sys
-import textwrap
 import threading
 import time
 from collections import deque
@@ -39,8 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .alignment import Regrouper
+from .commandline import add_command, add_model_options, load_tokenizer
 from .errors import F3StreamError
+from .frames import EncodedFrames, join_frames
 from .resampling import StreamResampler, stream_latency_ms
+from .stats import percentile
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -187,7 +190,10 @@ class PlaybackBuffer:
 
 # -- statistics --------------------------------------------------------------------------------
 def _pct(values, q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else math.nan
+    """The package's percentile (:func:`f3stream.stats.percentile`, nearest rank), NaN when
+    there are no values."""
+    p = percentile(values, q)
+    return math.nan if p is None else float(p)
 
 
 def _ms(x: float) -> str:
@@ -261,10 +267,9 @@ class MicPipeline:
         self.stats = LiveStats()
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue_blocks)
         self.captured: list[np.ndarray] = []
-        self.latents: list[np.ndarray] = []
-        self.reps: list[np.ndarray] = []
+        self.parts: list[EncodedFrames] = []      # the frames so far, in order
         self.recon: list[np.ndarray] = []
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._frames = Regrouper(self.hop, np.zeros(0, dtype=np.float32))  # whole frames
         self._n_fed = 0                           # model-rate samples fed so far
         self._times: deque = deque()              # (end position, capture time of end - 1)
         self.error: BaseException | None = None
@@ -318,11 +323,8 @@ class MicPipeline:
         self.captured.append(np.round(x * INT16_SCALE).astype(np.int16))  # exact, half size
         self._n_fed += x.size
         self._times.append((end, t_last))
-        buf = np.concatenate([self._pending, x]) if self._pending.size else x
-        n_frames = buf.size // self.hop
-        for f in range(n_frames):
-            self._frame(buf[f * self.hop:(f + 1) * self.hop])
-        self._pending = buf[n_frames * self.hop:].copy()
+        for frame in self._frames.units(x):
+            self._frame(frame)
 
     def _capture_time(self, sample: int) -> float:
         """Capture time of model-rate sample ``sample`` (from the block that contained it)."""
@@ -349,11 +351,9 @@ class MicPipeline:
             s.decode_ms.append(1000.0 * (time.perf_counter() - t2))
             self._emit(pcm)
 
-    def _keep(self, out) -> None:
+    def _keep(self, out: EncodedFrames) -> None:
         if out.n_frames:
-            self.latents.append(out.latents)
-            if out.representations is not None:
-                self.reps.append(out.representations)
+            self.parts.append(out)
 
     def _emit(self, pcm: np.ndarray) -> None:
         self.recon.append(pcm)
@@ -374,39 +374,31 @@ class MicPipeline:
             tail = quantize_int16(self.resampler.flush())
             if tail.size:
                 self.captured.append(np.round(tail * INT16_SCALE).astype(np.int16))
-                self._pending = np.concatenate([self._pending, tail])
-                while self._pending.size >= self.hop:   # the held-back tail completes frames
-                    out = self.session.push(self._pending[:self.hop])
-                    self._pending = self._pending[self.hop:]
+                for frame in self._frames.units(tail):  # the held-back tail completes frames
+                    out = self.session.push(frame)
                     self._keep(out)
                     self.stats.frames += out.n_frames
                     if self.decoder is not None:
                         self._emit(self.decoder.push(out.latents))
-        self.session.push(self._pending)        # < 1 frame: completes nothing
-        self._pending = np.zeros(0, dtype=np.float32)
-        last = self.session.flush()
+        self.session.push(self._frames.take_pending())  # < 1 frame: completes nothing
+        last = self.session.flush()                     # (zero-padded to a whole frame)
         self._keep(last)
         self.stats.frames += last.n_frames
         if self.decoder is not None:
             self._emit(self.decoder.push(last.latents))
             self._emit(self.decoder.flush())
-        from .session import EncodedFrames
-
-        lat = (np.concatenate(self.latents) if self.latents
-               else np.zeros((0, self.tok.latent_dim), np.float32))
-        reps = None
-        if self.session.with_representations:
-            reps = (np.concatenate(self.reps) if self.reps
-                    else np.zeros((0, self.tok.representation_dim), np.float32))
+        frames = join_frames(self.parts, self.tok.latent_dim,
+                             self.tok.representation_dim if self.session.with_representations
+                             else None)
         audio = (np.concatenate(self.captured).astype(np.float32) / INT16_SCALE
                  if self.captured else np.zeros(0, np.float32))
         recon = np.concatenate(self.recon) if self.decoder is not None and self.recon else None
-        return MicResult(EncodedFrames(0, lat, reps), audio, recon, self.stats)
+        return MicResult(frames, audio, recon, self.stats)
 
 
 @dataclass
 class MicResult:
-    frames: Any                       # EncodedFrames of the whole stream
+    frames: EncodedFrames             # the whole stream
     audio: np.ndarray                 # what the tokenizer saw, at the model's rate
     reconstruction: np.ndarray | None
     stats: LiveStats
@@ -468,7 +460,7 @@ def cmd_mic(args: argparse.Namespace) -> int:
         raise MicError(f"--capture-rate must be positive, got {args.capture_rate}")
     if args.queue_blocks < 1 or not args.block_ms > 0:
         raise MicError("--queue-blocks must be >= 1 and --block-ms positive")
-    tok = _load(args)
+    tok = load_tokenizer(args)
     in_index, in_name, in_rate = resolve_input(sd, args.device, args.capture_rate
                                                or tok.sample_rate, strict=bool(args.capture_rate))
     out_index = out_name = out_rate = None
@@ -604,16 +596,6 @@ def _drain_playback(playback: PlaybackBuffer | None, stream: Any, rate: int) -> 
         pass
 
 
-def _load(args: argparse.Namespace) -> "Tokenizer":
-    from .tokenizer import Tokenizer
-
-    if args.model_device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise MicError("--model-device cuda was requested but no CUDA GPU is available")
-    return Tokenizer.load(args.checkpoint, args.model_device, args.backend or "torch")
-
-
 def _warm_up(tok: "Tokenizer", representations: bool) -> None:
     """One throw-away frame so the first live frame's latency is not the model's cold start."""
     s = tok.session(representations=representations)
@@ -643,25 +625,20 @@ def _summary(result: MicResult, elapsed: float, stopped_by: str,
         print(f"        {recon_path}")
 
 
-def add_subcommand(subs: Any, model_parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Registers ``f3stream mic``. ``model_parent`` is accepted for symmetry with the other
-    subcommands but not used as a parent: its ``--device`` (model placement) would collide
-    with this command's ``--device`` (the input audio device), so the model options are
-    ``--checkpoint``, ``--backend`` and ``--model-device`` here."""
-    del model_parent
-    p = subs.add_parser(
-        "mic", help="live microphone -> tokens, with a live status line",
-        description=textwrap.fill(
-            "Captures the microphone (24 kHz mono if the device supports it, otherwise its "
-            "default rate, resampled on the fly), tokenizes it frame by frame (40 ms) in a "
-            "worker thread and shows the input level, frames/s, per-frame compute latency and "
-            "end-to-end latency. --playback plays the live reconstruction. On Ctrl-C or after "
-            "--seconds it writes tokens.npz and captured.wav (plus reconstruction.wav) into "
-            "--out.", 79),
-        epilog="examples:\n  f3stream mic --list-devices\n"
-               "  f3stream mic --seconds 10 --out take1\n"
-               "  f3stream mic --device pulse --playback\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subs: Any) -> None:
+    """Registers ``f3stream mic``. Its ``--device`` is the input audio device, so the model's
+    compute device is ``--model-device`` here."""
+    p = add_command(
+        subs, "mic", "live microphone -> tokens, with a live status line",
+        "Captures the microphone (24 kHz mono if the device supports it, otherwise its "
+        "default rate, resampled on the fly), tokenizes it frame by frame (40 ms) in a "
+        "worker thread and shows the input level, frames/s, per-frame compute latency and "
+        "end-to-end latency. --playback plays the live reconstruction. On Ctrl-C or after "
+        "--seconds it writes tokens.npz and captured.wav (plus reconstruction.wav) into "
+        "--out.",
+        "  f3stream mic --list-devices\n"
+        "  f3stream mic --seconds 10 --out take1\n"
+        "  f3stream mic --device pulse --playback\n", cmd_mic)
     p.add_argument("--device", metavar="DEV", default=None,
                    help="input device: index or part of its name (default: the system "
                         "default input); see --list-devices")
@@ -691,11 +668,4 @@ def add_subcommand(subs: Any, model_parent: argparse.ArgumentParser) -> argparse
     p.add_argument("--queue-blocks", type=int, default=200, metavar="N",
                    help="blocks buffered between the audio callback and the tokenizer before "
                         "new blocks are dropped (default: 200)")
-    p.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="checkpoint directory; default: the bundled one")
-    p.add_argument("--model-device", choices=("cpu", "auto", "cuda"), default="cpu",
-                   help="where to run the model (default: cpu)")
-    p.add_argument("--backend", choices=("torch", "numba", "onnx"), default="torch",
-                   help="inference engine (default: torch)")
-    p.set_defaults(func=cmd_mic)
-    return p
+    add_model_options(p, device="--model-device")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from f3stream.server.protocol import (ERROR_CODES, HEADER_SIZE, KIND_BOTH, DTYPE_FLOAT16,
                                       DTYPE_FLOAT32, Hello, ProtocolError, decode_audio,
                                       decode_latents, encode_frame, parse_control, parse_frame,
-                                      parse_hello, parse_text, percentile, SAMPLE_RATES)
+                                      parse_hello, parse_text, SAMPLE_RATES)
+from f3stream.stats import percentile
 
 SR = 24000
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
 import time
 from pathlib import Path
 
+from ..commandline import add_command, add_model_options, load_tokenizer
 from .errors import EvalError
 
 DESCRIPTION = (
@@ -21,13 +21,11 @@ EXAMPLE = ("  f3stream eval --manifest data/corpus/manifest.jsonl --split test -
            "  f3stream eval --audio-dir my_recordings --out eval-mine --no-asr\n")
 
 
-def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``eval`` to the ``f3stream`` sub-command parsers (``model_parent`` gives
-    --checkpoint/--device)."""
-    p = subs.add_parser("eval", help="evaluate a checkpoint (quality, WER, probes) -> report",
-                        description=textwrap.fill(DESCRIPTION, 79), parents=[model_parent],
-                        epilog="examples:\n" + EXAMPLE,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subs) -> argparse.ArgumentParser:
+    """Registers ``f3stream eval``."""
+    p = add_command(subs, "eval", "evaluate a checkpoint (quality, WER, probes) -> report",
+                    DESCRIPTION, EXAMPLE, cmd_eval)
+    add_model_options(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--manifest", metavar="FILE.jsonl", default=None,
                      help="corpus manifest (JSON lines: path, text, speaker, split, source); "
@@ -55,7 +53,6 @@ def add_subcommand(subs, model_parent: argparse.ArgumentParser) -> argparse.Argu
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--seed", type=int, default=0, help="clip sub-sampling seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_eval)
     return p
 
 
@@ -75,7 +72,6 @@ def _probe_pools(manifest: Path, split: str, n: int, seed: int):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..tokenizer import Tokenizer
     from .clips import alsa_clips, folder_clips, read_manifest, subsample
     from .report import EvalOptions, format_summary, run_evaluation
 
@@ -107,10 +103,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     clips = subsample(clips, args.max_clips, args.seed)
 
     try:
-        backend = getattr(args, "backend", None) or "torch"  # the shared --backend option, if any
-        tok = (Tokenizer.load(args.checkpoint, args.device) if backend == "torch"
-               else Tokenizer.load(args.checkpoint, args.device, backend))
-    except RuntimeError as e:  # e.g. --device cuda without a GPU
+        tok = load_tokenizer(args)
+    except RuntimeError as e:  # e.g. a device torch cannot use
         raise EvalError(str(e)) from None
     import f3stream
     meta.update({"checkpoint": str(args.checkpoint or "bundled"),

@@ -13,11 +13,10 @@ import json
 import logging
 import math
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
+from ..commandline import add_command, add_model_options, load_tokenizer
 from ..errors import F3StreamError
 from ..threads import limit_threads
 from . import eventloop
@@ -41,19 +40,16 @@ def _need_websockets() -> None:
 def serve_backend(device: str) -> str:
     """The server's default engine: numba on the CPU when installed (its kernels release the
     GIL and batch without state copies: the fastest server step here), else torch."""
-    if device == "cpu":
-        try:
-            import numba  # noqa: F401
-            return "numba"
-        except ImportError:
-            pass
+    from ..backends import get_backend
+
+    if device == "cpu" and get_backend("numba").installed():
+        return "numba"
     return "torch"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _need_websockets()
     loop_name, _ = eventloop.loop_factory(args.loop)  # a missing uvloop fails before loading
-    from ..tokenizer import Tokenizer
     from .server import ServerConfig, run_server
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -65,8 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        allowed_origins=args.allowed_origin or None,
                        gil_switch_interval=args.gil_switch_interval,
                        model_workers=args.model_workers)
-    backend = args.backend or serve_backend(args.device)
-    tok = Tokenizer.load(args.checkpoint, args.device, backend)
+    tok = load_tokenizer(args, default_backend=serve_backend(args.model_device))
+    backend = tok.backend
     warmup = getattr(tok.engine, "warmup", None)
     if warmup is not None:  # compile before listening, not inside the first client's frame
         if not args.quiet:
@@ -96,7 +92,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from ..audio import load_audio
     from ..tokens_io import save_tokens
     from .client import ServerError, stream_audio
-    from .protocol import percentile
+    from ..stats import percentile
 
     inp, out = Path(args.input), Path(args.out)
     wav, file_sr = load_audio(inp, args.sample_rate)
@@ -164,29 +160,19 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def _sub(subs, name: str, help_: str, description: str, example: str,
-         parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    p = subs.add_parser(name, help=help_, description=textwrap.fill(description, 79),
-                        parents=parents, epilog="example:\n" + example,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def one_line_error(message: str) -> NoReturn:
-        # one line, as every other f3stream error (argparse prints the whole usage first)
-        p.exit(2, f"{p.prog}: error: {message} (see {p.prog} --help)\n")
-    p.error = one_line_error
-    return p
-
-
-def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
-    """Adds ``serve`` and ``stream`` to the main parser's subparsers."""
-    p = _sub(subs, "serve", "run the live websocket server (protocol v1)",
-             "Serves live tokenization over websockets (docs/protocol.md): clients stream 24 "
-             "kHz audio and get each 40 ms frame's latents/representations back, or stream "
-             "latents and get audio. Concurrent sessions are batched into one model step. "
-             "GET /health answers JSON, /metrics Prometheus text, /metrics.json JSON. "
-             "SIGINT/SIGTERM flush open sessions and stop. The server's default --backend is "
-             "numba on the CPU when it is installed (else torch).",
-             "  f3stream serve --port 8765 --token SECRET\n", [model_parent])
+def register(subs) -> None:
+    """Registers ``serve`` and ``stream`` (their usage errors are one line)."""
+    p = add_command(subs, "serve", "run the live websocket server (protocol v1)",
+                    "Serves live tokenization over websockets (docs/protocol.md): clients stream "
+                    "24 kHz audio and get each 40 ms frame's latents/representations back, or "
+                    "stream latents and get audio. Concurrent sessions are batched into one "
+                    "model step. GET /health answers JSON, /metrics Prometheus text, "
+                    "/metrics.json JSON. SIGINT/SIGTERM flush open sessions and stop. The "
+                    "server's default --backend is numba on the CPU when it is installed (else "
+                    "torch).",
+                    "  f3stream serve --port 8765 --token SECRET\n", cmd_serve,
+                    one_line_errors=True)
+    add_model_options(p, backend_default="numba on the CPU when installed, else torch")
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     p.add_argument("--port", type=int_at_least(0, 65535), default=8765,
                    help="TCP port (default: 8765; 0 = any)")
@@ -223,14 +209,14 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--gil-switch-interval", type=positive_seconds, default=0.0005, metavar="S",
                    help=argparse.SUPPRESS)  # see ServerConfig.gil_switch_interval
     p.add_argument("--quiet", action="store_true", help="log warnings only")
-    p.set_defaults(func=cmd_serve)
 
-    p = _sub(subs, "stream", "stream an audio file to a server, save the tokens",
-             "Streams an audio file (mixed down and resampled to 24 kHz locally) to an "
-             "'f3stream serve' server in real time (or as fast as possible), writes the "
-             "returned tokens as .npz (the 'f3stream encode' format) and reports frames and "
-             "latency.",
-             "  f3stream stream speech.wav --url ws://127.0.0.1:8765 --out tokens.npz\n", [])
+    p = add_command(subs, "stream", "stream an audio file to a server, save the tokens",
+                    "Streams an audio file (mixed down and resampled to 24 kHz locally) to an "
+                    "'f3stream serve' server in real time (or as fast as possible), writes the "
+                    "returned tokens as .npz (the 'f3stream encode' format) and reports frames "
+                    "and latency.",
+                    "  f3stream stream speech.wav --url ws://127.0.0.1:8765 --out tokens.npz\n",
+                    cmd_stream, one_line_errors=True)
     p.add_argument("input", metavar="FILE", help="audio file to stream")
     p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default: {DEFAULT_URL})")
     p.add_argument("--out", metavar="FILE.npz", default="tokens.npz",
@@ -248,7 +234,6 @@ def add_subcommands(subs, model_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rate", type=int, default=24000, help=argparse.SUPPRESS)
     p.add_argument("--token", default=None, help="token the server requires")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=cmd_stream)
 
 
-__all__ = ["add_subcommands", "cmd_serve", "cmd_stream"]
+__all__ = ["cmd_serve", "cmd_stream", "register"]

@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .protocol import ERROR_CODES, percentile
+from ..stats import percentile
+from .protocol import ERROR_CODES
 
 WINDOW_S = 10.0
 # Frame latency is a few ms on an idle server and must stay under a frame (40 ms); a model

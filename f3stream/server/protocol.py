@@ -8,7 +8,6 @@ input raises :class:`ProtocolError` (and nothing else) carrying a stable ``code`
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -373,12 +372,3 @@ def parse_frame(data: Any) -> FrameMessage:
                                     offset=HEADER_SIZE + n * w * size).astype(np.float32)
     return FrameMessage(kind, seq, index, payload.reshape(n, w), recv_us, send_us,
                         bool(flags & FLAG_FINAL), dtype, speech_prob)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 100]) of a list; None when empty."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
-    return s[k]
