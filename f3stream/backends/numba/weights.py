@@ -37,10 +37,12 @@ class Mirror:
     """How the numba engine sees one torch module type.
 
     ``weights``: the named structure of its weights (a ``NamedTuple`` class, read field by
-    field or by its ``from_torch``), or a function ``(module, read) -> structure``; None for a
-    module without weights. ``state``: the named structure of its state (see
-    :mod:`f3stream.backends.numba.streaming.state`), None for a module without state of its
-    own (stateless, or whose state is one child's, declared under the empty prefix)."""
+    field or by its ``from_torch``), or a function ``(module, read) -> structure`` (a stack's
+    tuple); None for a module without weights. ``state``: the named structure of its state
+    (fields: the declared keys and child prefixes, see
+    :mod:`f3stream.backends.numba.streaming.state`), or for a stack the function that lays
+    out its layers' states; None for a module without state of its own (stateless, or whose
+    state is one child's, declared under the empty prefix)."""
 
     weights: Any = None
     state: Any = None
