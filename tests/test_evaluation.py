@@ -346,3 +346,26 @@ def test_recognizer_transcribes_real_english(name, words):
     assert wer(words, rec.transcribe(wav, 24000)) == 0.0
     noise = np.random.default_rng(0).standard_normal(wav.size).astype(np.float32) * 0.05
     assert rec.transcribe(noise, 24000) != words
+
+
+def test_recognizer_transcript_does_not_depend_on_what_it_heard_before():
+    """The eval decodes originals and reconstructions with one reused decoder; pocketsphinx
+    adapts its cepstral mean to every utterance, which changed an original's transcript with
+    the reconstructions heard before it. A clip must leave the decoder in the same state
+    whatever came first (this failed before the decoder was reset per utterance)."""
+    pytest.importorskip("pocketsphinx")
+    from f3stream.audio import load_audio
+    from f3stream.evaluation.asr import Recognizer
+
+    if not Path("/usr/share/sounds/alsa/Rear_Right.wav").is_file():
+        pytest.skip("apt-get install alsa-utils")
+    target, _ = load_audio("/usr/share/sounds/alsa/Rear_Right.wav", 24000)
+    other, _ = load_audio("/usr/share/sounds/alsa/Front_Center.wav", 24000)
+    fresh = Recognizer()
+    heard_fresh = fresh.transcribe(target, 24000)
+    cmn_fresh = fresh._decoder.get_cmn()
+    used = Recognizer()
+    used.transcribe(other * 0.05, 24000)
+    used.transcribe(other, 24000)
+    assert used.transcribe(target, 24000) == heard_fresh
+    assert used._decoder.get_cmn() == cmn_fresh

@@ -15,7 +15,13 @@ ASR_RATE = 16000  # the bundled en-us acoustic model is a 16 kHz model
 
 
 class Recognizer:
-    """One pocketsphinx decoder, reused across utterances (building one takes ~0.3 s)."""
+    """One pocketsphinx decoder, reused across utterances (building one takes ~0.3 s).
+
+    Its cepstral-mean normalisation adapts to every utterance it hears, so a reused decoder
+    would transcribe a clip differently depending on what it heard before (measured: an
+    original's transcript changed with the reconstructions decoded ahead of it). The feature
+    extraction is re-initialised before each utterance, so a transcript depends on its audio
+    alone."""
 
     def __init__(self) -> None:
         ps = require("pocketsphinx", "Speech recognition (WER)")
@@ -26,6 +32,7 @@ class Recognizer:
         x = resample(np.ascontiguousarray(wav, np.float32), sample_rate, ASR_RATE)
         pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
         d = self._decoder
+        d.reinit_feat()
         d.start_utt()
         d.process_raw(pcm, full_utt=True)
         d.end_utt()
