@@ -104,6 +104,13 @@ def _clip_to_contract(x: np.ndarray, name: str) -> np.ndarray:
     return np.clip(x, -1.0, 1.0)
 
 
+def clip_to_contract(x: np.ndarray, name: str = "audio") -> np.ndarray:
+    """1-D float32 samples the package made itself from valid audio (a resampler's output,
+    which may overshoot [-1, 1] slightly) brought within the contract: clipped to [-1, 1]
+    with the contract's warning, exactly as :func:`as_mono_float32` would."""
+    return _clip_to_contract(x, name)
+
+
 def check_latent_values(z: np.ndarray) -> None:
     """Raises :class:`AudioInputError` unless every latent is finite and within
     ±:data:`MAX_LATENT`."""

@@ -382,9 +382,9 @@ def test_concurrent_decode_clients_are_batched_and_exact(tiny_tokenizer, monkeyp
     lats = [tiny_tokenizer.encode(noise(60 + i, 9000 + 2500 * i)) for i in range(5)]
     sizes: list[int] = []
 
-    def recording_step(sessions, chunks):
+    def recording_step(sessions, chunks, **options):
         sizes.append(len(sessions))
-        return Tokenizer.step_decoder_sessions(sessions, chunks)
+        return Tokenizer.step_decoder_sessions(sessions, chunks, **options)
 
     monkeypatch.setattr(tiny_tokenizer, "step_decoder_sessions", recording_step)
 
@@ -1283,15 +1283,15 @@ def test_failing_session_is_isolated(tiny_tokenizer, monkeypatch):
     from f3stream.tokenizer import Tokenizer
     victims = set()
 
-    def flaky_step(sessions, chunks):
+    def flaky_step(sessions, chunks, **options):
         if any(id(s) in victims for s in sessions):
             raise RuntimeError("simulated model failure")
-        return Tokenizer.step_sessions(sessions, chunks)
+        return Tokenizer.step_sessions(sessions, chunks, **options)
 
-    def flaky_push(self, pcm, _orig=type(tiny_tokenizer.session()).push):
+    def flaky_push(self, pcm, _orig=type(tiny_tokenizer.session()).push, **options):
         if id(self) in victims:
             raise RuntimeError("simulated model failure")
-        return _orig(self, pcm)
+        return _orig(self, pcm, **options)
 
     monkeypatch.setattr(tiny_tokenizer, "step_sessions", flaky_step)
     monkeypatch.setattr(type(tiny_tokenizer.session()), "push", flaky_push)

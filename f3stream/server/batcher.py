@@ -21,7 +21,9 @@ from ..frames import EncodedFrames
 from ..session import DecoderSession, EncoderSession
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work, now_us
-from .protocol import KIND_AUDIO, KIND_LATENTS, KIND_REPRESENTATIONS
+from .protocol import (CLOSE_GOING_AWAY, CLOSE_NORMAL, KIND_AUDIO, KIND_LATENTS,
+                       KIND_REPRESENTATIONS, CloseOut, FramesOut, TextOut, flushed_message,
+                       reset_message, speech_event)
 from .vad import VadStream, run_windows
 
 log = logging.getLogger("f3stream.server")
@@ -81,9 +83,12 @@ def _batched(group: list[Work], step, push, progress) -> list:
     return results
 
 
+# The sessions' input was validated where it entered (protocol.decode_audio / decode_latents,
+# LiveSession.audio_in): the sessions take it as it is (validated=True).
 def _decode_group(tok: Tokenizer, group: list[Work]) -> None:
-    results = _batched(group, tok.step_decoder_sessions, lambda c, z: c.push(z),
-                       lambda c: c.frames_received)
+    results = _batched(group,
+                       lambda coders, zs: tok.step_decoder_sessions(coders, zs, validated=True),
+                       lambda c, z: c.push(z, validated=True), lambda c: c.frames_received)
     for w, wav in zip(group, results):
         if wav is not None:
             start = w.session.coder.frames_received - w.data.shape[0]
@@ -92,8 +97,8 @@ def _decode_group(tok: Tokenizer, group: list[Work]) -> None:
 
 def _encode_group(tok: Tokenizer, group: list[Work]) -> list[tuple[Work, EncodedFrames]]:
     """The group's batched step: (work, frames) of the sessions that completed frames."""
-    results = _batched(group, tok.step_sessions, lambda c, x: c.push(x),
-                       lambda c: c.samples_received)
+    results = _batched(group, lambda coders, xs: tok.step_sessions(coders, xs, validated=True),
+                       lambda c, x: c.push(x, validated=True), lambda c: c.samples_received)
     return [(w, r) for w, r in zip(group, results) if r is not None and r.n_frames]
 
 
@@ -123,23 +128,23 @@ def _emit_frames(w: Work, r: EncodedFrames, recv_us: int, final: bool = False) -
         payload = np.concatenate([r.latents, r.representations], axis=1)
     vad: VadStream | None = w.session.vad
     if vad is None:
-        w.out.append(("frames", kind, r.start_frame, payload, recv_us, final, None))
+        w.out.append(FramesOut(kind, r.start_frame, payload, recv_us, final))
         return
     probs, events = vad.label(r.start_frame, r.n_frames)
-    w.out.append(("frames", kind, r.start_frame, payload, recv_us, final, probs))
+    w.out.append(FramesOut(kind, r.start_frame, payload, recv_us, final, probs))
     _emit_events(w, events)
 
 
 def _emit_events(w: Work, events: list[tuple[str, int]]) -> None:
     """speech_start / speech_end, after the frame message whose frame decided them."""
     for kind, frame in events:
-        w.out.append(("json", {"type": kind, "frame_index": frame, "time_us": now_us()}))
+        w.out.append(TextOut(speech_event(kind, frame, now_us())))
 
 
 def _emit_audio(w: Work, start: int, wav: np.ndarray, recv_us: int, final: bool = False
                 ) -> None:
     if wav.size or final:
-        w.out.append(("frames", KIND_AUDIO, start, wav[None, :], recv_us, final, None))
+        w.out.append(FramesOut(KIND_AUDIO, start, wav[None, :], recv_us, final))
 
 
 def _control(w: Work) -> None:
@@ -151,7 +156,7 @@ def _control(w: Work) -> None:
             w.session.resampler.reset()  # (an encoder's is reset as the reset arrives)
         if vad is not None:
             vad.reset()
-        w.out.append(("json", {"type": "reset"}))
+        w.out.append(TextOut(reset_message()))
         return
     # flush, close and shutdown all end the stream first (flush is idempotent)
     if not coder.closed:
@@ -169,11 +174,11 @@ def _control(w: Work) -> None:
             _emit_audio(w, coder.frames_received, np.concatenate([tail, w.session.resample_tail()]),
                         op.recv_us, final=True)
     frames = coder.frames_emitted if w.session.encoder else coder.frames_received
-    w.out.append(("json", {"type": "flushed", "frames": int(frames)}))
+    w.out.append(TextOut(flushed_message(frames)))
     if op.kind == "close":
-        w.out.append(("close", 1000, "closed by client"))
+        w.out.append(CloseOut(CLOSE_NORMAL, "closed by client"))
     elif op.kind == "shutdown":
-        w.out.append(("close", 1001, "server shutting down"))
+        w.out.append(CloseOut(CLOSE_GOING_AWAY, "server shutting down"))
 
 
 class Batcher:

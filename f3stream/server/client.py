@@ -22,10 +22,8 @@ from .. import g711
 from ..errors import F3StreamError
 from ..frames import EncodedFrames
 from .protocol import (FORMATS, KIND_AUDIO, KIND_BOTH, KIND_LATENTS, PROTOCOL_VERSION,
-                       FrameMessage, Hello, ProtocolError, parse_frame)
-
-
-SPEECH_EVENTS = ("speech_start", "speech_end")   # voice-activity messages ("vad": true)
+                       SPEECH_EVENTS, FrameMessage, Hello, ProtocolError, control_message,
+                       parse_frame)
 
 
 class ServerError(F3StreamError):
@@ -244,20 +242,20 @@ class AsyncClient:
     async def flush(self, timeout: float = 30.0) -> None:
         """Ends the stream and waits for its last frames (the server's "flushed" reply)."""
         self._flushed.clear()
-        await self.send_json({"type": "flush"})
+        await self.ws.send(control_message("flush"))
         await asyncio.wait_for(self._flushed.wait(), timeout)
         if self.error is not None:
             raise self.error
 
     async def reset(self) -> None:
-        await self.send_json({"type": "reset"})
+        await self.ws.send(control_message("reset"))
         self._position = 0
         self._marks.clear()
         self._times.clear()
 
     async def close(self, timeout: float = 30.0) -> None:
         """Flushes, then closes normally (close code 1000)."""
-        await self.send_json({"type": "close"})
+        await self.ws.send(control_message("close"))
         await asyncio.wait_for(self._closed.wait(), timeout)
 
     async def disconnect(self) -> None:

@@ -3,7 +3,10 @@ outbox.
 
 The handler (reading) and the batcher (model work) only meet here: the handler appends ops to
 the inbox, the batcher takes them in order, and results go to the outbox that a sender task
-drains to the socket. All methods run on the event-loop thread.
+drains to the socket. All methods run on the event-loop thread. What travels is typed: input
+as :class:`Op`, results as the protocol's outgoing messages (:class:`~.protocol.FramesOut`,
+:class:`~.protocol.TextOut`, :class:`~.protocol.CloseOut`), whose wire formats
+:mod:`.protocol` owns.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import clip_to_contract
 from ..resampling import StreamResampler
-from .protocol import DTYPES, ERROR_CODES, Hello, error_message
+from .protocol import (DTYPES, ERROR_CODES, CloseOut, FramesOut, Hello, Outgoing, TextOut,
+                       error_message)
 from .vad import VadStream
 
 
@@ -44,8 +49,8 @@ class Work:
     data: np.ndarray | None
     marks: list[tuple[int, int]]   # (stream end position, recv_us) of each merged data op
     control: Op | None
-    out: list[tuple] = field(default_factory=list)   # ("frames", ...) | ("text", str) | ...
-    error: tuple[str, str] | None = None
+    out: list[Outgoing] = field(default_factory=list)   # in the order they are to be sent
+    error: tuple[str, str] | None = None                 # (error code, message)
 
     def recv_us_for(self, end: int) -> int:
         """The receive time of the op that brought stream position ``end``."""
@@ -55,19 +60,31 @@ class Work:
         return self.marks[-1][1] if self.marks else now_us()
 
 
+class Stop:
+    """The sender's cue to end (the connection's handler is done); never sent."""
+
+    frames = 0
+
+
+STOP = Stop()
+OutboxItem = Outgoing | Stop
+
+
 class Outbox:
-    """A FIFO of outgoing items bounded by the frames it holds: ``put`` refuses (returns False)
-    when a frame message would exceed the limit, so a slow reader is detected instead of
-    buffered without bound. A message is always accepted into an empty outbox (one big push
-    must not deadlock), and control items can be forced in."""
+    """A FIFO of outgoing messages bounded by the frames they hold (``item.frames``: a frame
+    message's rows, 1 for a text message, 0 for a close): ``put`` refuses (returns False)
+    when a message would exceed the limit, so a slow reader is detected instead of buffered
+    without bound. A message is always accepted into an empty outbox (one big push must not
+    deadlock), and control items can be forced in."""
 
     def __init__(self, limit_frames: int):
         self.limit = limit_frames
-        self.items: deque[tuple] = deque()
+        self.items: deque[OutboxItem] = deque()
         self.frames = 0
         self.ready = asyncio.Event()
 
-    def put(self, item: tuple, force: bool = False, frames: int = 0) -> bool:
+    def put(self, item: OutboxItem, force: bool = False) -> bool:
+        frames = item.frames
         if not force and self.frames and self.frames + frames > self.limit:
             return False
         self.items.append(item)
@@ -79,21 +96,13 @@ class Outbox:
         self.items.clear()
         self.frames = 0
 
-    async def get(self) -> tuple:
+    async def get(self) -> OutboxItem:
         while not self.items:
             self.ready.clear()
             await self.ready.wait()
         item = self.items.popleft()
-        if item[0] == "frames":
-            self.frames -= _n_frames(item)
-        elif item[0] == "text":
-            self.frames -= 1
+        self.frames -= item.frames
         return item
-
-
-def _n_frames(item: tuple) -> int:
-    """Frames in a ("frames", kind, seq, index, payload, ...) item (audio counts as one)."""
-    return 1 if item[1] == 4 else int(item[4].shape[0])
 
 
 class LiveSession:
@@ -141,6 +150,14 @@ class LiveSession:
         """The output the resampler completes with ``x`` (``x`` itself without one)."""
         return x if self.resampler is None else self.resampler.process(x)
 
+    def audio_in(self, x: np.ndarray) -> np.ndarray:
+        """A validated audio message (:func:`~.protocol.decode_audio`) -> the model-rate audio
+        it completes, within the audio contract: the resampler's slight overshoot of [-1, 1]
+        is clipped here, so the model never sees it and the session need not check again."""
+        if self.resampler is None:
+            return x
+        return clip_to_contract(self.resampler.process(x), "audio message")
+
     def resample_tail(self) -> np.ndarray:
         """Ends the resampler's stream: its held-back output (empty without one)."""
         return np.zeros(0, np.float32) if self.resampler is None else self.resampler.flush()
@@ -168,7 +185,7 @@ class LiveSession:
             if op.kind == "reset":
                 self.resampler.reset()
             elif self.stream_open:  # flush, close, shutdown: the held-back tail goes first
-                tail = self.resampler.flush()
+                tail = clip_to_contract(self.resampler.flush(), "audio message")
                 if tail.size:
                     self.enqueue(Op("data", op.recv_us, tail))
         self.pending += self.frame_length
@@ -203,18 +220,20 @@ class LiveSession:
         return Work(self, data, marks, control)
 
     # -- output side --------------------------------------------------------------------------
-    def send_frames(self, kind: int, frame_index: int, payload: np.ndarray, recv_us: int,
-                    final: bool = False, speech_prob: np.ndarray | None = None) -> bool:
-        """Queues a binary frame message; False if the outbox is full (slow reader)."""
-        item = ("frames", kind, self.seq, frame_index, payload, recv_us, final, speech_prob)
-        if not self.outbox.put(item, frames=_n_frames(item)):
+    def send(self, msg: FramesOut | TextOut, force: bool = False) -> bool:
+        """Queues a frame or text message (a frame message gets the connection's next
+        ``seq``); False if the outbox is full (slow reader)."""
+        if isinstance(msg, FramesOut):
+            msg.seq = self.seq
+        if not self.outbox.put(msg, force=force):
             return False
-        self.seq += 1
+        if isinstance(msg, FramesOut):
+            self.seq += 1
         return True
 
     def send_text(self, text: str, force: bool = False) -> bool:
         """Queues a text message (counted as one frame); False if the outbox is full."""
-        return self.outbox.put(("text", text), force=force, frames=1)
+        return self.send(TextOut(text), force)
 
     def fail(self, code: str, message: str) -> None:
         """Sends an error and closes with the code's close code; further input is ignored."""
@@ -233,5 +252,5 @@ class LiveSession:
         keep the send of the queue ahead of the close (and so the close) waiting forever."""
         self.dead = True
         self.space.set()
-        self.outbox.put(("close", code, reason[:120]), force=True)
+        self.outbox.put(CloseOut(code, reason[:120]), force=True)
         self.ws.abort_after(self.close_timeout)

@@ -250,8 +250,73 @@ def parse_control(obj: dict[str, Any]) -> str:
     return kind
 
 
+# -- text messages from the server -----------------------------------------------------------
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a ready message says about the model (the server fills it from its tokenizer)."""
+
+    sample_rate: int
+    frame_rate: int
+    hop_length: int
+    latent_dim: int
+    representation_dim: int
+    decoder_delay: int
+
+    def row_width(self, kind: int) -> int:
+        """Values per row of a frame message of ``kind`` (audio messages: 0, one row of any
+        length)."""
+        return {KIND_LATENTS: self.latent_dim, KIND_REPRESENTATIONS: self.representation_dim,
+                KIND_BOTH: self.latent_dim + self.representation_dim, KIND_AUDIO: 0}[kind]
+
+
+def ready_message(hello: Hello, session: int, model: ModelInfo, max_message_bytes: int,
+                  resampler_latency_ms: float | None = None,
+                  vad: dict[str, Any] | bool = False) -> str:
+    """The server's answer to a valid hello (docs/protocol.md). Version 2 adds the client's
+    rate, the latency its resampling adds (``resampler_latency_ms``) and the voice-activity
+    settings (``vad``: a description, or False without voice activity)."""
+    ready: dict[str, Any] = {
+        "type": "ready", "version": hello.version, "session": session,
+        "sample_rate": model.sample_rate, "frame_rate": model.frame_rate,
+        "hop_length": model.hop_length, "latent_dim": model.latent_dim,
+        "representation_dim": model.representation_dim, "direction": hello.direction,
+        "format": hello.format, "return": hello.returns,
+        "payload_dtype": hello.payload_dtype, "frame_kind": hello.output_kind,
+        "row_width": model.row_width(hello.output_kind), "header_bytes": HEADER_SIZE,
+        "max_message_bytes": max_message_bytes, "decoder_delay": model.decoder_delay}
+    if hello.version >= 2:
+        ready.update(client_sample_rate=hello.sample_rate,
+                     resampler_latency_ms=resampler_latency_ms, vad=vad)
+    return json.dumps(ready)
+
+
+def control_message(kind: str) -> str:
+    """A client's ``{"type": "flush" | "reset" | "close"}``."""
+    assert kind in CONTROL_TYPES, kind
+    return json.dumps({"type": kind})
+
+
 def error_message(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
+
+
+def reset_message() -> str:
+    """The answer to ``{"type": "reset"}``: the next input starts a new stream at frame 0."""
+    return json.dumps({"type": "reset"})
+
+
+def flushed_message(frames: int) -> str:
+    """Sent after the last frames of a flushed stream: ``frames`` frames in all."""
+    return json.dumps({"type": "flushed", "frames": int(frames)})
+
+
+SPEECH_EVENTS = ("speech_start", "speech_end")   # voice activity ("vad": true)
+
+
+def speech_event(kind: str, frame_index: int, time_us: int) -> str:
+    """``speech_start`` / ``speech_end`` at frame ``frame_index`` (decided at ``time_us``)."""
+    assert kind in SPEECH_EVENTS, kind
+    return json.dumps({"type": kind, "frame_index": frame_index, "time_us": time_us})
 
 
 # -- binary payloads from the client ----------------------------------------------------------
@@ -372,3 +437,47 @@ def parse_frame(data: Any) -> FrameMessage:
                                     offset=HEADER_SIZE + n * w * size).astype(np.float32)
     return FrameMessage(kind, seq, index, payload.reshape(n, w), recv_us, send_us,
                         bool(flags & FLAG_FINAL), dtype, speech_prob)
+
+
+# -- what the server hands its connections to send --------------------------------------------
+@dataclass(slots=True)
+class FramesOut:
+    """A binary frame message on its way to a client; encoded (:func:`encode_frame`) when it
+    is sent, with the connection's ``seq`` and payload dtype and the send time."""
+
+    kind: int
+    frame_index: int
+    payload: np.ndarray                       # float32 [n_rows, row_width]
+    recv_us: int                              # when the input that completed it arrived
+    final: bool = False
+    speech_prob: np.ndarray | None = None     # float32 [n_rows], with "vad": true
+    seq: int = 0                              # set when queued on its connection
+
+    @property
+    def frames(self) -> int:
+        """Frames it counts for the send queue's bound (an audio message counts as one)."""
+        return 1 if self.kind == KIND_AUDIO else int(self.payload.shape[0])
+
+    def encode(self, dtype: int, send_us: int) -> bytes:
+        return encode_frame(self.kind, self.seq, self.frame_index, self.payload, dtype,
+                            self.recv_us, send_us, self.final, self.speech_prob)
+
+
+@dataclass(frozen=True, slots=True)
+class TextOut:
+    """A text (JSON) message: one of the builders above."""
+
+    text: str
+    frames: int = 1          # a queued text message counts as one frame (so floods are bound)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseOut:
+    """The websocket close the server sends after what is queued before it."""
+
+    code: int
+    reason: str
+    frames: int = 0
+
+
+Outgoing = FramesOut | TextOut | CloseOut

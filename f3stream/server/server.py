@@ -31,11 +31,12 @@ from ..threads import engine_info
 from ..tokenizer import Tokenizer
 from .batcher import Batcher
 from .connection import BoundedConnection
-from .live import LiveSession, Op, Work, now_us
+from .live import STOP, LiveSession, Op, Work, now_us
 from .metrics import PROMETHEUS_TEXT, Metrics
-from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, HEADER_SIZE, KIND_AUDIO,
-                       SUPPORTED_VERSIONS, Hello, ProtocolError, decode_audio, decode_latents,
-                       encode_frame, error_message, parse_control, parse_hello, parse_text)
+from .protocol import (CLOSE_GOING_AWAY, CLOSE_SLOW_READER, KIND_AUDIO, SUPPORTED_VERSIONS,
+                       CloseOut, Hello, ModelInfo, ProtocolError, TextOut, decode_audio,
+                       decode_latents, error_message, parse_control, parse_hello, parse_text,
+                       ready_message)
 from .vad import VadModel, VadParams, VadStream, VadUnavailable
 from .web import static_response
 
@@ -222,7 +223,7 @@ class F3Server:
             if not session.dead:  # the client went away: drop its pending work
                 session.dead = True
                 session.inbox.clear()
-            session.outbox.put(("stop",), force=True)
+            session.outbox.put(STOP, force=True)
             try:
                 await asyncio.wait_for(asyncio.shield(sender), self.cfg.close_timeout + 1)
             except (asyncio.TimeoutError, ConnectionClosed):
@@ -279,7 +280,7 @@ class F3Server:
                               self.cfg.close_timeout, self.tok.sample_rate, vad)
         self.sessions[sid] = session
         self.metrics.sessions_total += 1
-        session.send_text(json.dumps(self._ready(session)), force=True)
+        session.send_text(self._ready(session), force=True)
         return session
 
     async def _vad_stream(self, hello: Hello) -> VadStream | None:
@@ -308,27 +309,18 @@ class F3Server:
         pools.append(pool)
         return pool.session()
 
-    def _ready(self, s: LiveSession) -> dict[str, Any]:
+    def _ready(self, s: LiveSession) -> str:
+        """The session's ready message (its format: protocol.ready_message)."""
         tok = self.tok
-        width = {1: tok.latent_dim, 2: tok.representation_dim,
-                 3: tok.latent_dim + tok.representation_dim, 4: 0}[s.hello.output_kind]
-        ready = {"type": "ready", "version": s.hello.version, "session": s.id,
-                "sample_rate": tok.sample_rate, "frame_rate": tok.frame_rate,
-                "hop_length": tok.hop_length, "latent_dim": tok.latent_dim,
-                "representation_dim": tok.representation_dim, "direction": s.hello.direction,
-                "format": s.hello.format, "return": s.hello.returns,
-                "payload_dtype": s.hello.payload_dtype, "frame_kind": s.hello.output_kind,
-                "row_width": width, "header_bytes": HEADER_SIZE,
-                "max_message_bytes": self.cfg.max_message_bytes,
-                "decoder_delay": tok.config.autoencoder.decoder_delay}
-        if s.hello.version >= 2:  # the client's rate, and the latency its resampling adds
-            rates = ((s.hello.sample_rate, tok.sample_rate) if s.encoder
-                     else (tok.sample_rate, s.hello.sample_rate))
-            ready.update(client_sample_rate=s.hello.sample_rate,
-                         resampler_latency_ms=stream_latency_ms(*rates),
-                         vad=False if s.vad is None else s.vad.model.describe(
-                             self.vad_params, 1000.0 / tok.frame_rate))
-        return ready
+        model = ModelInfo(tok.sample_rate, tok.frame_rate, tok.hop_length, tok.latent_dim,
+                          tok.representation_dim, tok.config.autoencoder.decoder_delay)
+        # version 2: the latency the client rate's resampling adds, and the VAD settings
+        rates = ((s.hello.sample_rate, tok.sample_rate) if s.encoder
+                 else (tok.sample_rate, s.hello.sample_rate))
+        vad = False if s.vad is None else s.vad.model.describe(self.vad_params,
+                                                                1000.0 / tok.frame_rate)
+        return ready_message(s.hello, s.id, model, self.cfg.max_message_bytes,
+                             stream_latency_ms(*rates) if s.hello.version >= 2 else None, vad)
 
     async def _read(self, ws: BoundedConnection, s: LiveSession) -> None:
         """Reads the session's input until it is closing, then waits for the close: a closing
@@ -367,7 +359,8 @@ class F3Server:
                         raise ProtocolError("session_closed", "the stream was flushed; send "
                                                               '{"type": "reset"} to start a '
                                                               "new one")
-                    data = (s.resample(decode_audio(msg, s.hello.format)) if s.encoder
+                    # validated here, once (the sessions take it as it is)
+                    data = (s.audio_in(decode_audio(msg, s.hello.format)) if s.encoder
                             else decode_latents(msg, self.tok.latent_dim))
                     if s.total_in + data.shape[0] > limit:
                         raise ProtocolError("session_too_long", "the session exceeded "
@@ -412,17 +405,12 @@ class F3Server:
         s = w.session
         if s.id not in self.sessions:
             return  # disconnected meanwhile
-        for item in w.out:
-            if item[0] == "frames":
-                if not s.send_frames(*item[1:]):
-                    self._slow_reader(s)
-                    return
-            elif item[0] == "json":
-                if not s.send_text(json.dumps(item[1])):
-                    self._slow_reader(s)
-                    return
-            elif item[0] == "close":
-                s.close(item[1], item[2])
+        for msg in w.out:
+            if isinstance(msg, CloseOut):
+                s.close(msg.code, msg.reason)
+            elif not s.send(msg):
+                self._slow_reader(s)
+                return
         if w.error is not None:
             self._fail(s, *w.error)
 
@@ -449,23 +437,21 @@ class F3Server:
         try:
             while True:
                 item = await s.outbox.get()
-                if item[0] == "stop":
+                if item is STOP:
                     return
-                if item[0] == "text":
-                    await ws.send(item[1])
-                elif item[0] == "close":
-                    await ws.close(item[1], item[2])
+                if isinstance(item, TextOut):
+                    await ws.send(item.text)
+                elif isinstance(item, CloseOut):
+                    await ws.close(item.code, item.reason)
                     return
-                else:
-                    _, kind, seq, index, payload, recv_us, final, speech_prob = item
+                else:  # FramesOut
                     send_us = now_us()
-                    await ws.send(encode_frame(kind, seq, index, payload, s.dtype, recv_us,
-                                               send_us, final, speech_prob))
-                    if kind == KIND_AUDIO:  # one message of samples: one decoded frame
-                        self.metrics.record_send(1, (send_us - recv_us) / 1000.0, "decode")
+                    await ws.send(item.encode(s.dtype, send_us))
+                    latency_ms = (send_us - item.recv_us) / 1000.0
+                    if item.kind == KIND_AUDIO:  # one message of samples: one decoded frame
+                        self.metrics.record_send(1, latency_ms, "decode")
                     else:
-                        self.metrics.record_send(payload.shape[0], (send_us - recv_us) / 1000.0,
-                                                 "encode")
+                        self.metrics.record_send(item.payload.shape[0], latency_ms, "encode")
         except ConnectionClosed:
             pass
 
