@@ -26,7 +26,6 @@ import json
 import multiprocessing as mp
 import os
 import socket
-import struct
 import sys
 import time
 import urllib.request
@@ -37,19 +36,7 @@ import numpy as np
 # f3stream (and torch) are imported in main(), not here: the attacker's process imports this
 # module too, and torch's import would take a core from the server for seconds at its start.
 
-PING, BINARY, TEXT = 0x9, 0x2, 0x1
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame with a zero masking key (the payload goes out as is)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + b"\0\0\0\0" + payload
+from wsframes import BINARY, PING, TEXT, ws_frame  # noqa: E402  (this folder is on sys.path)
 
 
 def attacker(port: int, scenario: str, duration: float, sent, started_at, closed_at) -> None:

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
@@ -41,20 +40,7 @@ from pathlib import Path
 
 SR, HOP = 24000, 960
 FRAME_S = HOP / SR
-PING, BINARY, TEXT = 0x9, 0x2, 0x1
-
-
-# -- the abusers (own processes, standard library only) --------------------------------------
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame with a zero masking key (the payload goes out as is)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + b"\0\0\0\0" + payload
+from wsframes import BINARY, PING, TEXT, ws_frame  # noqa: E402  (this folder is on sys.path)
 
 
 def raw_connect(port: int, returns: str) -> socket.socket:
