@@ -221,20 +221,38 @@ def pulse(tmp_path_factory):
 
 
 class _Mic:
-    """``f3stream mic`` as a subprocess whose stdout lines are collected by a thread."""
+    """``f3stream mic`` as a subprocess whose stdout and stderr are each drained by a thread.
+
+    Both pipes are read while the process runs: ALSA prints a line to stderr for every
+    under/overrun, and an unread stderr pipe that fills (64 KiB) would block the process.
+    The command runs with faulthandler on SIGUSR1, so a process that does not exit in time
+    is asked for every thread's stack before it is killed, and the test failure shows where
+    it hung."""
+
+    LAUNCH = ("import faulthandler, signal, sys; "
+              "faulthandler.register(signal.SIGUSR1, all_threads=True); "
+              "from f3stream.cli import main; sys.exit(main(sys.argv[1:]))")
 
     def __init__(self, args: list[str], env: dict):
-        self.proc = subprocess.Popen([sys.executable, "-m", "f3stream", "mic", *args],
+        self.proc = subprocess.Popen([sys.executable, "-c", self.LAUNCH, "mic", *args],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.stderr: list[str] = []
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for t in self._readers:
+            t.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.stdout.append(line)
             self.lines.put(line)
+
+    def _read_err(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -247,7 +265,9 @@ class _Mic:
                 if self.proc.poll() is not None:
                     break
         self.proc.kill()
-        pytest.fail(f"no {text!r} from f3stream mic; stderr: {self.proc.stderr.read()}")
+        self.proc.wait()
+        self._readers[1].join(5)
+        pytest.fail(f"no {text!r} from f3stream mic; stderr: {''.join(self.stderr)}")
 
     def wait_for_audio(self) -> None:
         """Until a status line shows frames: the device is delivering audio (PulseAudio streams
@@ -260,11 +280,16 @@ class _Mic:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)   # every thread's stack to stderr
+            time.sleep(2)
             self.proc.kill()
-            raise
-        err = self.proc.stderr.read()
-        time.sleep(0.1)
-        return rc, "".join(self.stdout), err
+            self.proc.wait()
+            self._readers[1].join(5)
+            pytest.fail(f"f3stream mic did not exit within {timeout:g} s; its threads:\n"
+                        + "".join(self.stderr)[-6000:])
+        for t in self._readers:  # the pipes close with the process: the readers finish
+            t.join(5)
+        return rc, "".join(self.stdout), "".join(self.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +369,7 @@ def test_mic_records_the_played_signal_and_tokens_match_offline(pulse, played, t
 # a quiet machine) `f3stream mic --playback` did not exit within 40 s of SIGINT, while this
 # test passes alone, with its file, and after every other test file tried in pairs. Until the
 # hang is found it runs only with `-m slow`: `python -m pytest -m slow tests/test_mic.py`.
+# A hang now fails with every thread's stack (see `_Mic`), to find where it waits.
 @pytest.mark.slow
 def test_mic_resamples_plays_back_and_saves_on_ctrl_c(pulse, played, tok, tmp_path):
     """Capture at 48 kHz (streaming resampler to 24 kHz), play the live reconstruction into
