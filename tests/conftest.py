@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny, fast, randomly initialised tokenizer for tests that do not need the
-bundled checkpoint."""
+bundled checkpoint, and the noise clip (with its latents) that the input-contract tests use.
+Plain helper functions are in ``helpers.py``."""
 
 import pytest
+from helpers import noise
 
 from f3stream import AutoencoderConfig, RepresentationConfig, Tokenizer, TokenizerConfig
 
@@ -19,3 +21,16 @@ def tiny_config() -> TokenizerConfig:
 def tiny_tokenizer(tiny_config) -> Tokenizer:
     """Shared across the whole run: tests must not mutate it (sessions they open are their own)."""
     return Tokenizer.from_config(tiny_config, seed=0)
+
+
+@pytest.fixture(scope="module")
+def wav():
+    """Half a second of noise (12000 samples = 12.5 frames): the audio the input-contract
+    tests feed the tiny tokenizer. Tests must not modify it; a module may define its own."""
+    return noise(0.5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ref_latents(tiny_tokenizer, wav):
+    """``tiny_tokenizer.encode(wav)``: what every accepted variant of ``wav`` must give."""
+    return tiny_tokenizer.encode(wav)

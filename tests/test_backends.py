@@ -1,4 +1,8 @@
-"""The numba and onnx engines compute what the torch model computes, behind one switch."""
+"""The numba and onnx engines compute what the torch model computes, behind one switch.
+
+The cross-engine tests run over the backend registry (``f3stream.backends.REGISTRY``): a new
+backend is covered by its ``REGISTRY`` entry (and, if it takes options, a line in
+``engine_options``)."""
 
 import json
 import sys
@@ -6,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import noise
 
 import f3stream
 from f3stream import F3StreamError, Tokenizer
 from f3stream.audio import load_audio
-from f3stream.backends import BackendError, create_engine
+from f3stream.backends import REGISTRY, BackendError, create_engine
 from f3stream.checkpoint import default_checkpoint_dir
 from f3stream.model import F3Model
 
@@ -18,7 +23,25 @@ pytest.importorskip("numba")
 pytest.importorskip("onnxruntime")
 
 TOL = 1e-4
-SR = 24000
+REFERENCE = "torch"  # the engine every other one is compared with
+
+
+def engine_options(backend, export_dir):
+    """What the tests pass a backend's engine: onnx exports its graphs to ``export_dir`` and
+    runs on one thread; the others take no options."""
+    return {"export_dir": export_dir, "threads": 1} if backend == "onnx" else {}
+
+
+def registry_backends(*, reference=True):
+    """The registry's backends as test parameters (ids: their names), each skipped where its
+    optional package is not installed."""
+    return [pytest.param(name, marks=pytest.mark.skipif(
+                not b.installed(), reason=f"backend {name!r} needs {b.package!r}"))
+            for name, b in REGISTRY.items() if reference or name != REFERENCE]
+
+
+ALL_BACKENDS = registry_backends()                     # torch included
+OTHER_BACKENDS = registry_backends(reference=False)    # compared with torch
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +52,10 @@ def tiny_model(tiny_config):
 
 @pytest.fixture(scope="module")
 def toks(tiny_model, tmp_path_factory):
-    """One model, three engines."""
-    onnx_dir = tmp_path_factory.mktemp("onnx")
-    return {"torch": Tokenizer(tiny_model, {}, "cpu", "torch"),
-            "numba": Tokenizer(tiny_model, {}, "cpu", "numba"),
-            "onnx": Tokenizer(tiny_model, {}, "cpu", "onnx", export_dir=onnx_dir, threads=1)}
-
-
-def noise(seconds, seed):
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    """One model, every installed engine of the registry, by name."""
+    return {name: Tokenizer(tiny_model, {}, "cpu", name,
+                            **engine_options(name, tmp_path_factory.mktemp(name)))
+            for name, b in REGISTRY.items() if b.installed()}
 
 
 def maxdiff(a, b):
@@ -68,7 +85,7 @@ def decode_stream(tok, z, sizes):
     return np.concatenate(parts)
 
 
-@pytest.mark.parametrize("backend", ["numba", "onnx"])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_offline_parity_with_torch(toks, backend):
     wav = noise(4.3, 1)  # 108 frames, the last one partial
     ref, got = toks["torch"].tokenize(wav), toks[backend].tokenize(wav)
@@ -83,7 +100,7 @@ def test_offline_parity_with_torch(toks, backend):
     assert maxdiff(r, r_ref) <= TOL
 
 
-@pytest.mark.parametrize("backend", ["numba", "onnx"])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_level_feature_parity_and_streaming(tiny_config, tmp_path, backend):
     """An encoder with the level input gives the same latents on every engine, offline and
     streamed, and its latents change with the input level (what the feature is for)."""
@@ -92,8 +109,7 @@ def test_level_feature_parity_and_streaming(tiny_config, tmp_path, backend):
     torch.manual_seed(7)
     model = F3Model(cfg).eval()
     ref_tok = Tokenizer(model, {}, "cpu", "torch")
-    tok = (Tokenizer(model, {}, "cpu", "numba") if backend == "numba" else
-           Tokenizer(model, {}, "cpu", "onnx", export_dir=tmp_path, threads=1))
+    tok = Tokenizer(model, {}, "cpu", backend, **engine_options(backend, tmp_path))
     wav = noise(2.1, 3)
     ref = ref_tok.tokenize(wav)
     assert maxdiff(tok.tokenize(wav).latents, ref.latents) <= TOL
@@ -102,7 +118,7 @@ def test_level_feature_parity_and_streaming(tiny_config, tmp_path, backend):
     assert maxdiff(ref_tok.tokenize(wav * 0.1).latents, ref.latents) > 1e-2
 
 
-@pytest.mark.parametrize("backend", ["numba", "onnx"])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 @pytest.mark.parametrize("sizes", [[960] * 40,                      # one frame per step
                                    [1, 959, 2000, 7, 30000, 5],     # ragged
                                    [9600, 19200, 123]])             # multi-frame chunks
@@ -117,7 +133,7 @@ def test_streaming_chunkings_equal_torch_offline(toks, backend, sizes):
     assert maxdiff(y, toks["torch"].decode(ref.latents)) <= TOL
 
 
-@pytest.mark.parametrize("backend", ["numba", "onnx"])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_batched_sessions(toks, backend):
     tok = toks[backend]
     waves = [noise(1.2, s) for s in range(3)]
@@ -139,7 +155,7 @@ def test_batched_sessions(toks, backend):
                 assert maxdiff(batched[i].representations, ref.representations) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", ["numba", "onnx"])
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_state_layout_mirrors_torch(toks, backend):
     ref = toks["torch"].engine.init_encode_state(2)
     got = toks[backend].engine.init_encode_state(2)
@@ -162,7 +178,7 @@ def _same(a, b):
     return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_engines_honour_the_mutation_contract(toks, backend):
     """The one mutation contract (``f3stream/streaming/state.py``), engine by engine:
     ``*_step`` leaves the state it is given as it was (stepping it twice gives the same
@@ -317,8 +333,10 @@ def test_bundled_checkpoint_parity_on_speech(tmp_path):
     out = ref.tokenize(wav)
     y_ref = ref.decode(out.latents)
     assert out.latents.shape[1] == cfg.autoencoder.latent_dim
-    for backend, opts in (("numba", {}), ("onnx", {"export_dir": tmp_path, "threads": 1})):
-        tok = Tokenizer(ref.model, ref.info, "cpu", backend, **opts)
+    others = [n for n, b in REGISTRY.items() if n != REFERENCE and b.installed()]
+    assert others
+    for backend in others:
+        tok = Tokenizer(ref.model, ref.info, "cpu", backend, **engine_options(backend, tmp_path))
         hop = tok.hop_length
         lat, rep = stream(tok, wav, [hop] * 30 + [5 * hop + 17])  # per frame, then chunks
         assert maxdiff(lat, out.latents) <= TOL, backend
@@ -355,7 +373,7 @@ def test_dynamo_exporter_also_matches(tiny_model, tmp_path):
     assert maxdiff(tok.decode(a.latents), ref.decode(a.latents)) <= TOL
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("reps", [False, True])
 def test_pooled_sessions_equal_private_sessions(toks, backend, reps):
     """Sessions sharing a state pool, stepped in batches over changing subsets (with a reset
@@ -399,7 +417,7 @@ def test_pooled_sessions_equal_private_sessions(toks, backend, reps):
             assert maxdiff(g.latents, ref.latents) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_state_pool_rows_and_limits(toks, backend):
     tok = toks[backend]
     fresh = tok.engine.init_encode_state(2)
@@ -511,7 +529,7 @@ def test_gemm_plan_is_measured_with_one_blas_thread(monkeypatch):
     assert len(seen) == 3 and seen[1] == seen[2] == {1}, seen  # seen[0]: the warm-up
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba", "onnx"])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_pooled_decoder_sessions_equal_private_sessions(toks, backend):
     """Batched decoding of decoder sessions that share a pool (changing subsets, uneven chunk
     lengths, a reset and a reused row) gives what private sessions give, and flush tails

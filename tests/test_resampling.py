@@ -5,7 +5,9 @@ and the latency the server reports is what an impulse shows."""
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import SR, noise
 
+from f3stream import AudioInputError
 from f3stream.audio import resample
 from f3stream.audiofile import AudioFileReader
 from f3stream.resampling import StreamResampler, stream_latency_ms
@@ -69,3 +71,35 @@ def test_latency_is_when_an_impulse_comes_out(rates):
         r = StreamResampler(a, b)
         got = r.process(x[:a + 1 + extra]).size
         assert (got > b) == emitted
+
+
+# -- resample ------------------------------------------------------------------------------------
+def test_resample_keeps_frequency_and_length_ratio():
+    sr_in, sr_out, f0 = 16000, 24000, 1000.0
+    t = np.arange(sr_in) / sr_in  # 1 s
+    x = (0.5 * np.sin(2 * np.pi * f0 * t)).astype(np.float32)
+    y = resample(x, sr_in, sr_out)
+    assert y.dtype == np.float32
+    assert y.size == sr_out  # 1.5x as many samples
+    spectrum = np.abs(np.fft.rfft(y))
+    freqs = np.fft.rfftfreq(y.size, 1 / sr_out)
+    assert freqs[np.argmax(spectrum)] == pytest.approx(f0, abs=1.0)
+    # amplitude kept (away from the filter's edge effects)
+    mid = y[2000:-2000]
+    assert np.sqrt(np.mean(mid ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+
+
+def test_resample_44k_to_24k_length():
+    y = resample(np.zeros(44100 * 2, np.float32), 44100, 24000)
+    assert y.size == 48000
+
+
+def test_resample_same_rate_is_identity():
+    x = noise(0.1, seed=10)
+    np.testing.assert_array_equal(resample(x, SR, SR), x)
+
+
+@pytest.mark.parametrize("rates", [(0, 24000), (16000, -1)])
+def test_resample_rejects_non_positive_rates(rates):
+    with pytest.raises(AudioInputError, match="must be positive"):
+        resample(np.zeros(10, np.float32), *rates)

@@ -4,20 +4,14 @@ import gc
 
 import numpy as np
 import pytest
+from helpers import noise
 
 from f3stream import Tokenizer, TokenizerConfig
-
-SR = 24000
 
 
 @pytest.fixture(scope="module")
 def tok():
     return Tokenizer.from_config(TokenizerConfig(), seed=2)
-
-
-def noise(seconds, seed):
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
 
 
 def run_alone(tok, wav, sizes):
