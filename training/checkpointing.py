@@ -85,14 +85,27 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def load_training_state(path: Path, modules: dict[str, torch.nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
-    """Restores modules, optimizers and the torch RNG; returns the JSON metadata."""
+    """Restores modules, optimizers and the torch RNG; returns the JSON metadata.
+
+    A module or optimizer that the checkpoint does not hold at all (e.g. a discriminator added
+    to a run that trained without one) keeps its fresh initialisation; its name is listed in
+    the returned ``meta["fresh"]``. One that it holds must match exactly."""
     meta = json.loads((path / "state.json").read_text())
     tensors = load_file(str(path / "state.safetensors"))
+    fresh = []
     for name, module in modules.items():
         p = f"module.{name}."
-        module.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+        own = {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+        if not own and any(True for _ in module.state_dict()):
+            fresh.append(name)
+            continue
+        module.load_state_dict(own)
     for name, opt in optimizers.items():
+        if name not in meta["optimizers"]:
+            fresh.append(f"optimizer {name}")
+            continue
         opt.load_state_dict(_unflatten_optimizer(meta["optimizers"][name], f"optim.{name}",
                                                  tensors))
+    meta["fresh"] = fresh
     torch.set_rng_state(tensors["rng.torch"])
     return meta

@@ -34,6 +34,10 @@ class StageConfig:
     adversarial_weight: float = 0.0     # 0 disables the discriminator (fast CPU runs)
     feature_matching_weight: float = 2.0
     discriminator_start: int = 0
+    discriminator: str = "mrd"          # "mrd", "mpd" or "mpd+mrd" (training/discriminators.py)
+    discriminator_channels: int = 32    # width of the STFT (mrd) discriminators
+    discriminator_crop_seconds: float = 0.0  # judge a random window of this length (0: all)
+    discriminator_lr: float = 0.0       # 0: the generator's learning rate
     complex_weight: float = 0.0         # compressed complex-spectrum (phase-aware) loss
     band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
     # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's

@@ -8,8 +8,8 @@
 * per-item band limits: bins above a clip's own band (an 8 kHz telephone prompt has nothing
   above 4 kHz) are left out of every spectral term, so band-limited training audio does not
   teach the decoder to cut the highs of full-band input;
-* optional multi-resolution STFT discriminator (as in EnCodec / Vocos MRD) with hinge loss and
-  feature matching. It is the slow part on CPU, so configs can switch it off.
+The adversarial part (discriminators, hinge and feature-matching losses) is in
+``training/discriminators.py``.
 """
 
 from __future__ import annotations
@@ -177,59 +177,3 @@ class LogMel(nn.Module):
         else:
             ly, lx = self(y), self(x)
         return _masked_mean((ly - lx).abs(), self.band_mask(band_hz))
-
-
-class STFTDiscriminator(nn.Module):
-    """A 2-D conv net on one STFT resolution (real/imag as channels)."""
-
-    def __init__(self, n_fft: int, hop: int, channels: int = 32):
-        super().__init__()
-        self.n_fft, self.hop = n_fft, hop
-        c = channels
-        self.convs = nn.ModuleList([
-            nn.utils.parametrizations.weight_norm(nn.Conv2d(2, c, (3, 9), padding=(1, 4))),
-            nn.utils.parametrizations.weight_norm(
-                nn.Conv2d(c, c, (3, 9), stride=(1, 2), padding=(1, 4))),
-            nn.utils.parametrizations.weight_norm(
-                nn.Conv2d(c, c, (3, 9), stride=(1, 2), padding=(1, 4))),
-            nn.utils.parametrizations.weight_norm(nn.Conv2d(c, c, (3, 3), padding=(1, 1))),
-        ])
-        self.out = nn.utils.parametrizations.weight_norm(nn.Conv2d(c, 1, (3, 3), padding=(1, 1)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        window = torch.hann_window(self.n_fft, device=x.device, dtype=x.dtype)
-        spec = torch.stft(x, self.n_fft, self.hop, window=window, return_complex=True)
-        h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # [B, 2, T, F]
-        feats = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.1)
-            feats.append(h)
-        return self.out(h), feats
-
-
-class MultiResolutionDiscriminator(nn.Module):
-    def __init__(self, resolutions=((1024, 256), (512, 128), (256, 64)), channels: int = 32):
-        super().__init__()
-        self.discs = nn.ModuleList(STFTDiscriminator(n, h, channels) for n, h in resolutions)
-
-    def forward(self, x: torch.Tensor):
-        return [d(x) for d in self.discs]
-
-
-def discriminator_loss(real_outs, fake_outs) -> torch.Tensor:
-    """Hinge loss of the discriminator."""
-    loss = 0.0
-    for (r, _), (f, _) in zip(real_outs, fake_outs):
-        loss = loss + F.relu(1 - r).mean() + F.relu(1 + f).mean()
-    return loss / len(real_outs)
-
-
-def generator_adversarial_losses(real_outs, fake_outs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hinge generator loss, feature-matching L1 relative to the real features)."""
-    adv, fm = 0.0, 0.0
-    for (_, rf), (f, ff) in zip(real_outs, fake_outs):
-        adv = adv + F.relu(1 - f).mean()
-        for a, b in zip(rf, ff):
-            fm = fm + F.l1_loss(b, a.detach()) / (a.detach().abs().mean() + 1e-5)
-    n = len(fake_outs)
-    return adv / n, fm / (n * len(fake_outs[0][1]))

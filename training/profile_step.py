@@ -3,7 +3,9 @@
     python -m training.profile_step --config training/configs/real_cpu.json --steps 12
 
 Prints milliseconds per phase (mean over ``--steps`` after 3 warm-up steps) as JSON. Uses the
-config's packed corpus (or manifest) and loss weights, with random initial weights.
+config's packed corpus (or manifest) and loss weights, with random initial weights. With an
+``adversarial_weight``, "adversarial" is the discriminator's update plus the generator's
+adversarial and feature-matching forward passes (their backward is in "backward").
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 def profile(config: str, steps: int, threads: int) -> dict[str, float]:
     from f3stream.model import F3Model
 
+    from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
+                                 generator_adversarial_losses)
     from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
     from .config import TrainConfig
     from .train import AutoencoderPart, _batch, load_stage0_sources
@@ -30,7 +34,13 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
     opt = torch.optim.AdamW(ae.parameters(), lr=stage.lr)
     src, _ = load_stage0_sources(cfg, stage)
     logmel = LogMel(cfg.model.autoencoder.sample_rate)
-    totals = dict.fromkeys(("data", "forward", "losses", "backward", "optimizer"), 0.0)
+    disc = opt_d = None
+    if stage.adversarial_weight > 0:
+        disc = build_discriminator(stage.discriminator, stage.discriminator_channels)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=stage.lr)
+    crop = int(stage.discriminator_crop_seconds * cfg.model.autoencoder.sample_rate)
+    totals = dict.fromkeys(("data", "forward", "losses", "adversarial", "backward",
+                            "optimizer"), 0.0)
     for step in range(steps + 3):
         t0 = time.perf_counter()
         x, band = _batch(src, step, stage.batch_size, 0)
@@ -43,13 +53,23 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
         if stage.band_weight:
             loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band)
         t3 = time.perf_counter()
+        if disc is not None:
+            xc, yc = aligned_crops(x, y, crop)
+            d_loss = discriminator_loss(disc(xc), disc(yc.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            adv, fm = generator_adversarial_losses(disc(xc), disc(yc))
+            loss = loss + stage.adversarial_weight * adv + stage.feature_matching_weight * fm
+        t3a = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t4 = time.perf_counter()
         opt.step()
         t5 = time.perf_counter()
         if step >= 3:
-            for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t3a - t3, t4 - t3a,
+                                        t5 - t4)):
                 totals[key] += dt / steps
     return {k: round(v * 1000, 1) for k, v in totals.items()}
 

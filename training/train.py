@@ -29,9 +29,9 @@ from f3stream.model import F3Model
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
 from .common import CsvLog, check_ranks_in_sync, export, lr_at, setup_distributed
 from .config import StageConfig, TrainConfig
-from .losses import (BAND_RESOLUTION, LogMel, MultiResolutionDiscriminator,
-                     band_energy_loss, discriminator_loss, generator_adversarial_losses,
-                     spectral_losses)
+from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
+                             generator_adversarial_losses)
+from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
 from .representation_stage import train_representation
 from .segments import LevelAugmentation, PackedSegmentSource, SegmentSource
 
@@ -124,9 +124,10 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     optimizers: dict[str, torch.optim.Optimizer] = {"generator": opt_g}
     use_disc = stage.adversarial_weight > 0
     if use_disc:
-        disc = MultiResolutionDiscriminator().to(device)
+        disc = build_discriminator(stage.discriminator, stage.discriminator_channels).to(device)
         disc_net = nn.parallel.DistributedDataParallel(disc) if world > 1 else disc
-        opt_d = torch.optim.AdamW(disc.parameters(), lr=stage.lr, betas=stage.betas)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=stage.discriminator_lr or stage.lr,
+                                  betas=stage.betas)
         modules["discriminator"], optimizers["discriminator"] = disc, opt_d
     ema = None
     if stage.ema_decay > 0:
@@ -137,9 +138,12 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     stage_dir = out / "autoencoder"
     start = 0
     if resume and (ck := latest_checkpoint(stage_dir)) is not None:
-        start = load_training_state(ck, modules, optimizers)["step"]
+        meta = load_training_state(ck, modules, optimizers)
+        start = meta["step"]
         if rank == 0:
-            print(f"resumed from {ck} at step {start}")
+            print(f"resumed from {ck} at step {start}"
+                  + (f" ({', '.join(meta['fresh'])}: not in the checkpoint, starting fresh)"
+                     if meta["fresh"] else ""))
     train_src, val_src = load_stage0_sources(cfg, stage)
     val_batches = [b.to(device) for b in val_src.fixed_batches(4, stage.batch_size)]
     final_gamma = cfg.model.autoencoder.noise_gamma
@@ -165,9 +169,11 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     t0 = time.time()
     for step in bar:
         lr = lr_at(step, stage)
-        for opt in optimizers.values():
+        for name, opt in optimizers.items():
+            scale = (stage.discriminator_lr / stage.lr
+                     if name == "discriminator" and stage.discriminator_lr else 1.0)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * scale
         x, band = _batch(train_src, step, stage.batch_size, rank)
         x = x.to(device)
         band = band.to(device) if band is not None else None
@@ -181,11 +187,13 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                 + stage.complex_weight * cx + stage.band_weight * be)
         adv = fm = d_loss = torch.zeros((), device=device)
         if use_disc and step >= stage.discriminator_start:
-            d_loss = discriminator_loss(disc_net(x), disc_net(y.detach()))
+            xc, yc = aligned_crops(x, y, int(stage.discriminator_crop_seconds
+                                             * cfg.model.autoencoder.sample_rate))
+            d_loss = discriminator_loss(disc_net(xc), disc_net(yc.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            adv, fm = generator_adversarial_losses(disc_net(x), disc_net(y))
+            adv, fm = generator_adversarial_losses(disc_net(xc), disc_net(yc))
             loss = loss + stage.adversarial_weight * adv + stage.feature_matching_weight * fm
         opt_g.zero_grad(set_to_none=True)
         loss.backward()

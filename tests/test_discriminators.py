@@ -1,0 +1,146 @@
+"""CPU-sized discriminators, aligned crops, adding a discriminator to a running stage 0, and
+growing the decoder of a training checkpoint without changing what it computes."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from f3stream.model import F3Model
+from training.checkpointing import latest_checkpoint, load_training_state
+from training.config import TrainConfig
+from training.discriminators import (KINDS, PeriodDiscriminator, aligned_crops,
+                                     build_discriminator, discriminator_loss,
+                                     generator_adversarial_losses)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_scores_real_and_fake_and_trains(kind):
+    torch.manual_seed(0)
+    d = build_discriminator(kind, channels=4)
+    n_mpd = 5 if "mpd" in kind else 0
+    n_mrd = 3 if "mrd" in kind else 0
+    x = torch.randn(2, 4800) * 0.1
+    outs = d(x)
+    assert len(outs) == n_mpd + n_mrd
+    assert all(torch.isfinite(logits).all() and feats for logits, feats in outs)
+    y = (x + 0.05 * torch.randn_like(x)).requires_grad_(True)
+    adv, fm = generator_adversarial_losses(d(x), d(y))
+    (adv + fm).backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0   # the generator gets a signal
+    assert fm.item() > 0
+    # a few discriminator steps separate real from fake
+    opt = torch.optim.Adam(d.parameters(), lr=1e-3)
+    fake = torch.zeros_like(x) + 0.01 * torch.randn_like(x)
+    first = None
+    for _ in range(15):
+        loss = discriminator_loss(d(x), d(fake))
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(ValueError, match="discriminator must be one of"):
+        build_discriminator("msd")
+
+
+def test_period_discriminator_folds_by_its_period_and_pads_odd_lengths():
+    d = PeriodDiscriminator(7)
+    logits, feats = d(torch.randn(3, 1000))      # 1000 is not a multiple of 7
+    assert feats[0].shape[0] == 3 and feats[0].shape[-1] == 7
+    assert logits.shape[-1] == 7
+
+
+def test_aligned_crops_take_the_same_window_of_both():
+    x = torch.arange(40.0).reshape(2, 20)
+    y = x + 1000
+    g = torch.Generator().manual_seed(0)
+    xc, yc = aligned_crops(x, y, 6, g)
+    assert xc.shape == (2, 6)
+    torch.testing.assert_close(yc - xc, torch.full_like(xc, 1000.0))
+    assert torch.all(xc[:, 1:] - xc[:, :-1] == 1)            # contiguous windows
+    assert aligned_crops(x, y, 0)[0] is x and aligned_crops(x, y, 50)[0] is x
+
+
+def _tiny_packed_cfg(tmp_path: Path) -> TrainConfig:
+    """The tiny config on a synthetic manifest of noise-and-tone clips (no espeak-ng)."""
+    import numpy as np
+    import soundfile as sf
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        t = np.arange(24000) / 24000
+        wav = 0.2 * np.sin(2 * np.pi * (120 + 20 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(clips / f"c{i}.wav", wav.astype(np.float32), 24000)
+        rows.append({"path": f"clips/c{i}.wav", "text": "", "speaker": f"s{i % 4}",
+                     "split": "val" if i == 7 else "train", "source": "synthetic"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig.load(ROOT / "training/configs/tiny.json")
+    cfg.manifest = str(tmp_path / "manifest.jsonl")
+    cfg.autoencoder = replace(cfg.autoencoder, adversarial_weight=0.0)  # spectral only
+    return cfg
+
+
+def test_a_discriminator_joins_a_run_that_had_none(tmp_path, capsys):
+    """Resuming with an adversarial config from a spectral-only checkpoint keeps the
+    generator's weights and optimizer, starts the discriminator fresh, and says so."""
+    from training.train import train_autoencoder
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    cfg.autoencoder = replace(cfg.autoencoder, steps=2, checkpoint_every=2)
+    run = tmp_path / "run"
+    train_autoencoder(cfg, run, resume=False)
+    gan = replace(cfg.autoencoder, steps=4, adversarial_weight=1.0, discriminator="mpd",
+                  discriminator_crop_seconds=0.25, discriminator_lr=2e-4)
+    cfg.autoencoder = gan
+    train_autoencoder(cfg, run, resume=True)
+    out = capsys.readouterr().out
+    assert "at step 2" in out and "discriminator" in out and "starting fresh" in out
+    rows = (run / "autoencoder/log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    last = dict(zip(header, rows[-1].split(",")))
+    assert int(last["step"]) == 4 and float(last["disc"]) > 0 and float(last["fm"]) > 0
+    meta = load_training_state(latest_checkpoint(run / "autoencoder"),
+                               {"discriminator": build_discriminator("mpd")}, {})
+    assert meta["fresh"] == []                    # saved with the run from then on
+
+
+def test_grow_adds_decoder_blocks_without_changing_the_output(tmp_path):
+    from training.grow import grow
+    from training.train import train_autoencoder
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    cfg.autoencoder = replace(cfg.autoencoder, steps=2, checkpoint_every=2)
+    train_autoencoder(cfg, tmp_path / "small", resume=False)
+    big = TrainConfig.load(ROOT / "training/configs/tiny.json")
+    big.manifest = cfg.manifest
+    big.autoencoder = cfg.autoencoder
+    n = cfg.model.autoencoder.decoder_conv_blocks
+    big.model = replace(cfg.model, autoencoder=replace(cfg.model.autoencoder,
+                                                       decoder_conv_blocks=n + 2))
+    path = grow(tmp_path / "small", cfg, big, tmp_path / "big")
+    models = {}
+    for name, c, ck in (("small", cfg, latest_checkpoint(tmp_path / "small/autoencoder")),
+                        ("big", big, path)):
+        m = F3Model(c.model)
+        load_training_state(ck, {"ema": m}, {})
+        models[name] = m.eval()
+    assert len(models["big"].decoder.convs.layers) == n + 2
+    x = torch.randn(1, 9600) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(models["big"](x)[1], models["small"](x)[1], rtol=0, atol=0)
+    # the grown run resumes and trains the new blocks
+    big.autoencoder = replace(big.autoencoder, steps=4)
+    model = train_autoencoder(big, tmp_path / "big", resume=True)
+    assert model.decoder.convs.layers[n].gamma.abs().sum() > 0
