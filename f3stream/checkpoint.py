@@ -37,7 +37,8 @@ def default_checkpoint_dir() -> Path:
     return Path(__file__).parent / "checkpoints" / "default"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (weights files are large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -71,7 +72,7 @@ def save_checkpoint(model: torch.nn.Module, cfg: TokenizerConfig, path: str | os
         save_file(tensors, str(tmp),
                   metadata={"format": FORMAT, CONFIG_DIGEST_KEY: config_digest(cfg)})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
-            "weights_sha256": _sha256(weights), "info": info or {}}
+            "weights_sha256": sha256_file(weights), "info": info or {}}
     atomic_write_bytes(path / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
@@ -127,7 +128,7 @@ def verify_checkpoint(path: str | os.PathLike) -> tuple[Path, TokenizerConfig, d
         raise CheckpointError(f"{path / CONFIG_FILE}: invalid config: {e}") from None
     weights = path / WEIGHTS_FILE
     expected = meta.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if expected and sha256_file(weights) != expected:
         raise CheckpointError(f"{weights} does not match the checksum in "
                               f"{CONFIG_FILE}: the checkpoint is corrupt or was half-replaced")
     try:

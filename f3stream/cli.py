@@ -391,7 +391,8 @@ def register(subs) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, bulk, generate, mic
+    from . import bench, generate, mic
+    from .bulk import cli as bulk_cli
     from .evaluation import cli as evaluation_cli
     from .server import cli as server_cli
 
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # every command module registers its commands the same way: register(subs)
     for module in (sys.modules[__name__], server_cli, evaluation_cli, bench, generate, mic,
-                   bulk):
+                   bulk_cli):
         module.register(subs)
     return parser
 

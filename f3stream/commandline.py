@@ -1,7 +1,7 @@
 """What every ``f3stream`` command shares: how it is registered, its model options and how the
 tokenizer is loaded from them.
 
-A command module (``f3stream.cli`` itself, ``bench``, ``generate``, ``mic``, ``bulk``,
+A command module (``f3stream.cli`` itself, ``bench``, ``generate``, ``mic``, ``bulk.cli``,
 ``evaluation.cli``, ``server.cli``) has one ``register(subs)`` that calls :func:`add_command`
 once per command, :func:`add_model_options` when the command runs the model, and
 :func:`load_tokenizer` (or :func:`model_spec`, for commands that load in worker processes) when
