@@ -27,7 +27,8 @@ import f3stream
 from .audio import load_audio, write_audio
 from .audiofile import AudioFileReader, AudioFileWriter
 from .checkpoint import WEIGHTS_FILE, default_checkpoint_dir, human_size
-from .commandline import CLIError, add_command, add_model_options, load_tokenizer
+from .commandline import (CLIError, add_command, add_model_options, load_tokenizer,
+                          one_line_usage_errors)
 from .errors import F3StreamError
 from .fileio import atomic_path
 from .frames import EncodedFrames
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  f3stream decode speech.npz --out speech.decoded.wav\n"
                "Run 'f3stream COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    one_line_usage_errors(parser)
     parser.add_argument("--version", action="version",
                         version=f"f3stream {f3stream.__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -412,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
                    bulk_cli):
         module.register(subs)
     return parser
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-parser of ``f3stream COMMAND``."""
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subs.choices[command]
 
 
 def _describe(e: BaseException) -> str:
@@ -427,7 +435,10 @@ def _describe(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # reported by the command's own parser, so the message names the command
+            command_parser(parser, args.command).error(
+                f"unrecognized arguments: {' '.join(extras)}")
     except SystemExit as e:  # --help, --version, usage errors: argparse already printed
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
     try:

@@ -30,22 +30,25 @@ class CLIError(F3StreamError):
     ``f3stream: error:`` line and exit status 2."""
 
 
+def one_line_usage_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Makes ``p``'s usage errors one ``PROG: error: ... (see PROG --help)`` line, as every
+    other f3stream error is (argparse prints the whole usage first)."""
+    def one_line_error(message: str) -> NoReturn:
+        p.exit(2, f"{p.prog}: error: {message} (see {p.prog} --help)\n")
+    p.error = one_line_error
+    return p
+
+
 def add_command(subs, name: str, help_: str, description: str, examples: str,
-                func: Callable[[argparse.Namespace], int], *,
-                one_line_errors: bool = False) -> argparse.ArgumentParser:
+                func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
     """Registers ``f3stream NAME``: ``description`` is wrapped to 79 columns, ``examples`` (one
-    command per line, indented) end the help, and ``func(args) -> exit status`` runs it.
-    ``one_line_errors``: usage errors are one ``f3stream NAME: error: ...`` line instead of the
-    usage followed by the error."""
+    command per line, indented) end the help, ``func(args) -> exit status`` runs it, and a
+    usage error is one line (:func:`one_line_usage_errors`)."""
     p = subs.add_parser(name, help=help_, description=textwrap.fill(description, 79),
                         epilog=("examples:\n" if examples.count("\n") > 1 else "example:\n")
                         + examples,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    if one_line_errors:
-        def one_line_error(message: str) -> NoReturn:
-            # one line, as every other f3stream error (argparse prints the whole usage first)
-            p.exit(2, f"{p.prog}: error: {message} (see {p.prog} --help)\n")
-        p.error = one_line_error
+    one_line_usage_errors(p)
     p.set_defaults(func=func)
     return p
 
@@ -105,4 +108,4 @@ def load_tokenizer(args: argparse.Namespace, default_backend: str = "torch") -> 
 
 
 __all__ = ["CLIError", "DEVICES", "ModelSpec", "add_command", "add_model_options",
-           "load_tokenizer", "model_spec"]
+           "load_tokenizer", "model_spec", "one_line_usage_errors"]

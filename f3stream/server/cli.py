@@ -170,8 +170,7 @@ def register(subs) -> None:
                     "/metrics.json JSON. SIGINT/SIGTERM flush open sessions and stop. The "
                     "server's default --backend is numba on the CPU when it is installed (else "
                     "torch).",
-                    "  f3stream serve --port 8765 --token SECRET\n", cmd_serve,
-                    one_line_errors=True)
+                    "  f3stream serve --port 8765 --token SECRET\n", cmd_serve)
     add_model_options(p, backend_default="numba on the CPU when installed, else torch")
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     p.add_argument("--port", type=int_at_least(0, 65535), default=8765,
@@ -216,7 +215,7 @@ def register(subs) -> None:
                     "returned tokens as .npz (the 'f3stream encode' format) and reports frames "
                     "and latency.",
                     "  f3stream stream speech.wav --url ws://127.0.0.1:8765 --out tokens.npz\n",
-                    cmd_stream, one_line_errors=True)
+                    cmd_stream)
     p.add_argument("input", metavar="FILE", help="audio file to stream")
     p.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default: {DEFAULT_URL})")
     p.add_argument("--out", metavar="FILE.npz", default="tokens.npz",
