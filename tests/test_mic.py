@@ -90,7 +90,7 @@ def test_playback_buffer_prefills_then_pads_and_counts_underruns():
 
 
 def test_resampling_reader_delivers_exactly_what_the_callback_asks():
-    from f3stream.mic import _ResamplingReader
+    from f3stream.mic.playback import ResamplingReader as _ResamplingReader
 
     src = PlaybackBuffer(prefill=0)
     src.write(np.sin(2 * np.pi * 440 * np.arange(SR) / SR).astype(np.float32))
