@@ -22,8 +22,8 @@ from ..session import DecoderSession, EncoderSession
 from ..tokenizer import Tokenizer
 from .live import LiveSession, Work, now_us
 from .protocol import (CLOSE_GOING_AWAY, CLOSE_NORMAL, KIND_AUDIO, KIND_LATENTS,
-                       KIND_REPRESENTATIONS, CloseOut, FramesOut, TextOut, flushed_message,
-                       reset_message, speech_event)
+                       KIND_REPRESENTATIONS, CloseOut, FramesOut, SessionError, TextOut,
+                       flushed_message, reset_message, speech_event)
 from .vad import VadStream, run_windows
 
 log = logging.getLogger("f3stream.server")
@@ -54,7 +54,7 @@ def compute(tok: Tokenizer, items: list[Work]) -> list[Work]:
             _control(w)
         except Exception as e:  # noqa: BLE001 - one session's failure must not stop others
             log.exception("session %s failed", w.session.id)
-            w.error = ("internal", f"{type(e).__name__}: {e}")
+            w.error = SessionError("internal", f"{type(e).__name__}: {e}")
     return items
 
 
@@ -71,14 +71,14 @@ def _batched(group: list[Work], step, push, progress) -> list:
         log.exception("batched step failed")
         if [progress(c) for c in coders] != before:
             for w in group:
-                w.error = ("internal", f"batched model step failed: {type(e).__name__}: {e}")
+                w.error = SessionError("internal", f"batched model step failed: {type(e).__name__}: {e}")
             return [None] * len(group)
     results = []
     for w in group:
         try:
             results.append(push(w.session.coder, w.data))
         except Exception as e1:  # noqa: BLE001
-            w.error = ("internal", f"{type(e1).__name__}: {e1}")
+            w.error = SessionError("internal", f"{type(e1).__name__}: {e1}")
             results.append(None)
     return results
 
@@ -115,7 +115,7 @@ def _vad(items: list[Work]) -> None:
     except Exception as e:  # noqa: BLE001 - one round's VAD failure must not stop the server
         log.exception("VAD step failed")
         for w in items:
-            w.error = ("internal", f"voice activity step failed: {type(e).__name__}: {e}")
+            w.error = SessionError("internal", f"voice activity step failed: {type(e).__name__}: {e}")
 
 
 def _emit_frames(w: Work, r: EncodedFrames, recv_us: int, final: bool = False) -> None:

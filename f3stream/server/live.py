@@ -21,8 +21,8 @@ import numpy as np
 
 from ..audio import clip_to_contract
 from ..resampling import StreamResampler
-from .protocol import (DTYPES, ERROR_CODES, CloseOut, FramesOut, Hello, Outgoing, TextOut,
-                       error_message)
+from .protocol import (DTYPES, ERROR_CODES, CloseOut, FramesOut, Hello, Outgoing,
+                       SessionError, TextOut, error_message)
 from .vad import VadStream
 
 
@@ -50,7 +50,7 @@ class Work:
     marks: list[tuple[int, int]]   # (stream end position, recv_us) of each merged data op
     control: Op | None
     out: list[Outgoing] = field(default_factory=list)   # in the order they are to be sent
-    error: tuple[str, str] | None = None                 # (error code, message)
+    error: SessionError | None = None                    # the session must end with it
 
     def recv_us_for(self, end: int) -> int:
         """The receive time of the op that brought stream position ``end``."""

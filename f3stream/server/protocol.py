@@ -480,4 +480,14 @@ class CloseOut:
     frames: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SessionError:
+    """Why a session must end: an error ``code`` of this protocol (docs/protocol.md) and a
+    message for the client. The server sends it (:func:`error_message`) and closes with the
+    code's close code."""
+
+    code: str
+    message: str
+
+
 Outgoing = FramesOut | TextOut | CloseOut

@@ -412,7 +412,7 @@ class F3Server:
                 self._slow_reader(s)
                 return
         if w.error is not None:
-            self._fail(s, *w.error)
+            self._fail(s, w.error.code, w.error.message)
 
     def _slow_reader(self, s: LiveSession) -> None:
         """The client does not read: close now instead of buffering without bound. Its input
