@@ -139,20 +139,19 @@ def cmd_mic(args: argparse.Namespace) -> int:
         printer.done()
     elapsed = time.monotonic() - t_start
 
-    try:
+    sr = tok.sample_rate
+    try:  # the take is written before the output device is closed: closing cannot lose it
         result = pipe.finish()
+        if result.audio.size == 0:
+            raise MicError(f"no audio arrived from [{in_index}] {in_name} in {elapsed:.1f} s")
+        tokens_path = save_tokens(out_dir / "tokens.npz", result.frames, sr, tok.frame_rate)
+        captured_path = write_audio(out_dir / "captured.wav", result.audio, sr)
+        recon_path = None
+        if result.reconstruction is not None:
+            recon_path = write_audio(out_dir / "reconstruction.wav", result.reconstruction, sr)
     finally:
         if out_stream is not None:
             drain_playback(playback, out_stream, tok.sample_rate)
-    if result.audio.size == 0:
-        raise MicError(f"no audio arrived from [{in_index}] {in_name} in {elapsed:.1f} s")
-
-    sr = tok.sample_rate
-    tokens_path = save_tokens(out_dir / "tokens.npz", result.frames, sr, tok.frame_rate)
-    captured_path = write_audio(out_dir / "captured.wav", result.audio, sr)
-    recon_path = None
-    if result.reconstruction is not None:
-        recon_path = write_audio(out_dir / "reconstruction.wav", result.reconstruction, sr)
     _summary(result, elapsed, stopped_by, playback, tokens_path, captured_path, recon_path, sr)
     return 0
 

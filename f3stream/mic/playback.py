@@ -77,14 +77,19 @@ class ResamplingReader:
 
 
 def drain_playback(playback: PlaybackBuffer | None, stream: Any, rate: int) -> None:
-    """Lets the queued reconstruction finish playing (at most 2 s), then closes the stream."""
+    """Lets the queued reconstruction finish playing (at most 2 s), then closes the stream.
+
+    It aborts rather than stops the stream: stopping waits until the device has played every
+    buffered sample (ALSA's drain), which never returns when the device has stalled; after the
+    wait here only the device's own latency is left in its buffers, so it is waited for too."""
     if playback is None:
         return
     deadline = time.monotonic() + 2.0
     while playback._size > 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        stream.stop()
+        time.sleep(min(0.5, float(getattr(stream, "latency", 0.0) or 0.0)))
+        stream.abort()
         stream.close()
     except Exception:  # noqa: BLE001 - closing a broken device must not lose the saved files
         pass
