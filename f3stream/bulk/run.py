@@ -96,14 +96,8 @@ def tokenize_corpus(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         check_settings(out, settings, overwrite)
         write_run(out, settings, facts, {"files": len(files), "complete": False})
         cleanup(out, len(jobs))
-        done: dict[int, list[dict[str, Any]]] = {}
-        todo = []
-        for job in jobs:
-            meta = read_shard_meta(job.out_path)
-            if meta is not None and meta.get("fingerprint") == job.fingerprint:
-                done[job.index] = meta["files"]
-            else:
-                todo.append(job)
+        done = _completed_on_disk(jobs)
+        todo = [job for job in jobs if job.index not in done]
         summary.shards_skipped = len(done)
         summary.workers = min(workers, len(todo)) or 1
 
@@ -124,9 +118,30 @@ def tokenize_corpus(source: str | os.PathLike, out_dir: str | os.PathLike, *,
                     run = run_ray if engine == "ray" else run_local
                     run(todo, checkpoint, device, backend, summary.workers, finished, bar)
         finally:
+            # Stopped (Ctrl-C, SIGTERM, an error): a worker may have written a shard whose
+            # result never reached this process. The workers are gone now, so what is on
+            # disk is final: index those shards too, so the index holds every complete one.
+            late = _completed_on_disk([j for j in todo if j.index not in done])
+            for entries in late.values():
+                ok = [e for e in entries if "error" not in e]
+                summary.audio_seconds += sum(e["seconds"] for e in ok)
+                summary.frames += sum(e["frames"] for e in ok)
+            done.update(late)
+            summary.shards_computed += len(late)
             summary.elapsed = time.perf_counter() - t0
             _finish(out, jobs, done, settings, facts, summary)
     return summary
+
+
+def _completed_on_disk(jobs: list[ShardJob]) -> dict[int, list[dict[str, Any]]]:
+    """The jobs whose shard is on disk and was made from the same inputs and model (its
+    fingerprint matches): shard index -> its file entries."""
+    done = {}
+    for job in jobs:
+        meta = read_shard_meta(job.out_path)
+        if meta is not None and meta.get("fingerprint") == job.fingerprint:
+            done[job.index] = meta["files"]
+    return done
 
 
 def _progress_bar(total: int, enabled: bool, initial: int) -> tqdm:
