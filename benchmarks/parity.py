@@ -4,8 +4,8 @@ Runs the bundled checkpoint on the bundled speech sample (the whole clip), with 
 tokenize / decode as the reference, and reports the largest absolute difference of every other
 engine's latents, representations and decoded audio: offline, and streamed frame by frame
 (encoder: one 40 ms frame per push; decoder: one latent frame per push). The tests hold these
-under 1e-4 (tests/test_backends.py); this script gives the figures the README quotes, with the
-machine they were measured on.
+under 1e-4 (tests/backends/test_backends.py); this script gives the figures the README quotes,
+with the machine they were measured on.
 
     python benchmarks/parity.py --json docs/parity-2026-12-01.json
 """

@@ -1,5 +1,5 @@
 """A screenshot of the browser demo during a running stream (docs/demo-page.png), and the
-headless-Chromium driver that tests/test_web_demo.py uses too.
+headless-Chromium driver that tests/web/test_web_demo.py uses too.
 
     python demos/web_screenshot.py [--out docs/demo-page.png] [--wav FILE] [--seconds 10]
 

@@ -1,6 +1,11 @@
 """Shared fixtures: a tiny, fast, randomly initialised tokenizer for tests that do not need the
 bundled checkpoint, and the noise clip (with its latents) that the input-contract tests use.
-Plain helper functions are in ``helpers.py``."""
+Plain helper functions are in ``helpers.py``.
+
+The folders under ``tests/`` mirror the code: one per package of ``f3stream`` (``backends/``,
+``server/``, ``mic/``, ...), ``core/`` for its top-level modules, ``training/`` for
+``training``. These fixtures apply to all of them. No folder has an ``__init__.py``, so a test
+file's name must be unique across the folders."""
 
 import pytest
 from helpers import noise

@@ -7,7 +7,7 @@ one the modules declare (:mod:`f3stream.streaming.state`); no engine spells it o
 
 **Mutation contract** (the same for every engine; written once, in
 :mod:`f3stream.streaming.state`, and checked for every engine by
-``tests/test_backends.py::test_engines_honour_the_mutation_contract``):
+``tests/backends/test_backends.py::test_engines_honour_the_mutation_contract``):
 
 * ``encode_step`` / ``represent_step`` / ``decode_step`` never modify the state they are given
   and return the advanced state as a new dict (which may share arrays with the given one only

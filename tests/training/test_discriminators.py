@@ -16,7 +16,7 @@ from training.discriminators import (KINDS, PeriodDiscriminator, aligned_crops,
                                      build_discriminator, discriminator_loss,
                                      generator_adversarial_losses)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -13,7 +13,7 @@ def test_short_soak_keeps_every_healthy_frame_cuts_off_abusers_and_holds_memory(
     lose no frame and see no error; every flood connection is aborted and the non-reader is
     closed as a slow reader (the only error the server counts, once per cut-off); the
     server's RSS does not grow after warm-up."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "soak.json"
     res = subprocess.run([sys.executable, str(root / "benchmarks" / "soak.py"),
                           "--clients", "10", "--duration", "20", "--min-session", "3",

@@ -17,7 +17,7 @@ from training.data.manifest import read_manifest
 from training.config import TrainConfig
 from training.train import train_autoencoder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: lowest layer first; a module may import only modules of its own layer or below. The first
 #: matching prefix decides (a prefix "x" matches "x" and "x.*").

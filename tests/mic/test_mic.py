@@ -26,7 +26,7 @@ import pytest
 from f3stream.mic import PlaybackBuffer, quantize_int16
 from f3stream.resampling import StreamResampler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "f3stream" / "assets" / "sample.wav"
 SR = 24000
 PLAY_SECONDS = 2.5
@@ -368,7 +368,7 @@ def test_mic_records_the_played_signal_and_tokens_match_offline(pulse, played, t
 # KNOWN DEFECT (2026-12-02, issue 15 follow-up): in the full default suite (three runs, one on
 # a quiet machine) `f3stream mic --playback` did not exit within 40 s of SIGINT, while this
 # test passes alone, with its file, and after every other test file tried in pairs. Until the
-# hang is found it runs only with `-m slow`: `python -m pytest -m slow tests/test_mic.py`.
+# hang is found it runs only with `-m slow`: `python -m pytest -m slow tests/mic/test_mic.py`.
 # A hang now fails with every thread's stack (see `_Mic`), to find where it waits.
 @pytest.mark.slow
 def test_mic_resamples_plays_back_and_saves_on_ctrl_c(pulse, played, tok, tmp_path):

@@ -15,6 +15,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import randn_noise, run, serving
 
 pytest.importorskip("websockets")
 
@@ -28,26 +29,9 @@ from f3stream.server import eventloop  # noqa: E402
 from f3stream.server.client import (AsyncClient, Client, ServerError,  # noqa: E402
                                     decode_latents_remote, stream_audio)
 from f3stream.server.protocol import ERROR_CODES  # noqa: E402
-from f3stream.server.server import F3Server, ServerConfig  # noqa: E402
+from f3stream.server.server import F3Server  # noqa: E402
 
 TOL = 1e-5
-
-
-def run(coro, timeout: float = 60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-@contextlib.asynccontextmanager
-async def serving(tok, **cfg):
-    srv = await F3Server(tok, ServerConfig(**cfg)).start("127.0.0.1", 0)
-    try:
-        yield srv, f"ws://127.0.0.1:{srv.port}"
-    finally:
-        await srv.shutdown()
-
-
-def noise(seed: int, n: int) -> np.ndarray:
-    return (np.random.RandomState(seed).randn(n) * 0.1).astype(np.float32)
 
 
 async def stream_chunks(url, wav, chunk_sizes, **kw):
@@ -77,7 +61,7 @@ def assert_matches(tok, wav, res, returns="both"):
 
 async def good_client(tok, url, seed=0, n=24000):
     """A well-behaved client whose output is checked against offline tokenization."""
-    wav = noise(seed, n)
+    wav = randn_noise(seed, n)
     res = await stream_chunks(url, wav, [1000, 333, 2500])
     assert_matches(tok, wav, res)
 
@@ -87,7 +71,7 @@ async def good_client(tok, url, seed=0, n=24000):
 @pytest.mark.parametrize("returns", ["latents", "representations", "both"])
 def test_stream_equals_offline(tiny_tokenizer, seed, returns):
     rng = np.random.RandomState(seed)
-    wav = noise(seed, int(rng.randint(1, 3 * 24000)))
+    wav = randn_noise(seed, int(rng.randint(1, 3 * 24000)))
     sizes = [int(s) for s in rng.randint(1, 4000, size=5)]
 
     async def main():
@@ -98,7 +82,7 @@ def test_stream_equals_offline(tiny_tokenizer, seed, returns):
 
 
 def test_pcm16_and_float16_payload(tiny_tokenizer):
-    pcm = (noise(5, 30000) * 32767).astype(np.int16)
+    pcm = (randn_noise(5, 30000) * 32767).astype(np.int16)
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -113,7 +97,7 @@ def test_pcm16_and_float16_payload(tiny_tokenizer):
 
 
 def test_flush_reset_and_realtime_latency(tiny_tokenizer):
-    w1, w2 = noise(1, 5000), noise(2, 4000)
+    w1, w2 = randn_noise(1, 5000), randn_noise(2, 4000)
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -126,7 +110,7 @@ def test_flush_reset_and_realtime_latency(tiny_tokenizer):
                 await c.send_audio(w2)
                 await c.flush()
                 second = c.result()
-            rt = await stream_audio(url, noise(3, 12000), chunk_ms=20, realtime=True,
+            rt = await stream_audio(url, randn_noise(3, 12000), chunk_ms=20, realtime=True,
                                     returns="latents")
             return first, second, rt
 
@@ -142,7 +126,7 @@ def test_concurrent_interleaved_clients_equal_alone(tiny_tokenizer, loop):
     """Also on uvloop, which `f3stream serve` uses when it is installed."""
     if loop == "uvloop":
         pytest.importorskip("uvloop")
-    wavs = [noise(10 + i, 9000 + 3111 * i) for i in range(8)]
+    wavs = [randn_noise(10 + i, 9000 + 3111 * i) for i in range(8)]
 
     async def main():
         assert type(asyncio.get_running_loop()).__module__.split(".")[0] == loop
@@ -164,7 +148,7 @@ def test_numba_server_reuses_pool_rows_and_matches_offline(tiny_config):
     from f3stream import Tokenizer
     tok = Tokenizer.from_config(tiny_config, seed=0, backend="numba")
     ref = Tokenizer.from_config(tiny_config, seed=0)
-    wavs = [noise(40 + i, 7000 + 1999 * i) for i in range(6)]
+    wavs = [randn_noise(40 + i, 7000 + 1999 * i) for i in range(6)]
 
     async def main():
         async with serving(tok, max_sessions=3) as (srv, url):
@@ -227,13 +211,13 @@ def test_overlapping_rounds_keep_sessions_exclusive_and_exact(tiny_tokenizer, mo
     pool_sessions: dict[int, list] = {}
     monkeypatch.setattr(batcher_mod, "compute", slow_compute)
     monkeypatch.setattr(_StatePool, "_release", checked_release)
-    wavs = [noise(70 + i, 6000 + 1500 * i) for i in range(6)]
+    wavs = [randn_noise(70 + i, 6000 + 1500 * i) for i in range(6)]
 
     async def rude(url):  # leaves while its audio may be in a round
         ws = await connect(url, compression=None)
         await ws.send(hello(format="float32"))
         await ws.recv()
-        await ws.send(noise(99, 4000).tobytes())
+        await ws.send(randn_noise(99, 4000).tobytes())
         await asyncio.sleep(0.01)
         ws.transport.abort()
 
@@ -275,7 +259,7 @@ def test_overlapping_rounds_keep_sessions_exclusive_and_exact(tiny_tokenizer, mo
 
 
 def test_decode_direction_equals_tokenizer_decode(tiny_tokenizer):
-    lat = tiny_tokenizer.encode(noise(7, 20000))
+    lat = tiny_tokenizer.encode(randn_noise(7, 20000))
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -313,13 +297,14 @@ def test_v2_stream_at_client_rate_equals_offline_resampler_and_encode(tiny_token
     """Random chunkings, reset, flush, a second stream: each stream's latents equal the same
     streaming resampler over the whole signal followed by Tokenizer.encode."""
     rng = np.random.RandomState(seed)
-    w1, w2 = noise(seed, int(rng.randint(rate // 2, 2 * rate))), noise(seed + 9, rate // 3)
+    w1 = randn_noise(seed, int(rng.randint(rate // 2, 2 * rate)))
+    w2 = randn_noise(seed + 9, rate // 3)
     sizes = [int(s) for s in rng.randint(1, rate // 10, size=5)]
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
             async with AsyncClient(url, returns="latents", format=fmt, sample_rate=rate) as c:
-                await c.send_audio(noise(99, rate // 50))  # 20 ms, no frame: dropped by reset
+                await c.send_audio(randn_noise(99, rate // 50))  # 20 ms, no frame: dropped by reset
                 await c.reset()
                 results = []
                 for w in (w1, w2):
@@ -344,7 +329,7 @@ def test_v2_stream_at_client_rate_equals_offline_resampler_and_encode(tiny_token
 
 @pytest.mark.parametrize("rate", [8000, 44100])
 def test_v2_decode_returns_audio_at_client_rate(tiny_tokenizer, rate):
-    lat = tiny_tokenizer.encode(noise(8, 20000))
+    lat = tiny_tokenizer.encode(randn_noise(8, 20000))
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -360,7 +345,7 @@ def test_v2_decode_returns_audio_at_client_rate(tiny_tokenizer, rate):
 @pytest.mark.parametrize("version", [1, None])  # None: the client says 1 when it suffices
 def test_v1_client_is_unaffected_by_v2(tiny_tokenizer, version):
     """A version-1 hello gets version 1's ready (no version-2 fields) and the same frames."""
-    wav = noise(4, 30000)
+    wav = randn_noise(4, 30000)
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -379,7 +364,7 @@ def test_concurrent_decode_clients_are_batched_and_exact(tiny_tokenizer, monkeyp
     """Decode-direction sessions share a state pool and are decoded in batched steps; each
     client still gets exactly Tokenizer.decode of its latents."""
     from f3stream import Tokenizer
-    lats = [tiny_tokenizer.encode(noise(60 + i, 9000 + 2500 * i)) for i in range(5)]
+    lats = [tiny_tokenizer.encode(randn_noise(60 + i, 9000 + 2500 * i)) for i in range(5)]
     sizes: list[int] = []
 
     def recording_step(sessions, chunks, **options):
@@ -402,7 +387,7 @@ def test_concurrent_decode_clients_are_batched_and_exact(tiny_tokenizer, monkeyp
 
 def test_decode_client_measures_latency_per_audio_message(tiny_tokenizer):
     """Each audio message is matched to the latent message that completed it."""
-    lat = tiny_tokenizer.encode(noise(8, 960 * 12))
+    lat = tiny_tokenizer.encode(randn_noise(8, 960 * 12))
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -498,7 +483,7 @@ def test_hostile_input_gets_error_code_and_others_unaffected(tiny_tokenizer, cas
         async with serving(tiny_tokenizer, token=token) as (srv, url):
             async def good():
                 if token:  # the good client knows the token
-                    wav = noise(0, 24000)
+                    wav = randn_noise(0, 24000)
                     res = await stream_chunks(url, wav, [1000], token=token)
                     assert_matches(tiny_tokenizer, wav, res)
                 else:
@@ -519,7 +504,7 @@ def test_hostile_input_gets_error_code_and_others_unaffected(tiny_tokenizer, cas
 def test_slightly_loud_float32_audio_is_clipped_as_the_library_clips_it(tiny_tokenizer):
     """The server applies the library's audio contract: float32 up to ±4 is clipped to [-1, 1]
     (the frames equal offline tokenization of the clipped audio), louder is bad_audio above."""
-    wav = noise(6, 9000) * 8  # peaks at 3.5
+    wav = randn_noise(6, 9000) * 8  # peaks at 3.5
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
@@ -574,7 +559,7 @@ def test_allowed_origins(tiny_tokenizer):
             with pytest.raises(InvalidStatus) as e:
                 await raw_exchange(url, [hello()], origin="https://evil.example")
             async with AsyncClient(url) as c:  # no Origin header: a non-browser client
-                await c.send_audio(noise(0, 960))
+                await c.send_audio(randn_noise(0, 960))
                 await c.flush()
             texts, _ = await raw_exchange(url, [hello(), json.dumps({"type": "close"})],
                                           origin="https://ok.example")
@@ -598,7 +583,7 @@ def test_abrupt_disconnects_leak_no_sessions(tiny_tokenizer):
         if i % 4 == 1:           # drop after the hello
             ws.transport.abort()
             return
-        await ws.send(noise(i, 1000 + 37 * i).tobytes())
+        await ws.send(randn_noise(i, 1000 + 37 * i).tobytes())
         if i % 4 == 3:           # drop mid-message (half a websocket frame written)
             ws.transport.write(b"\x82\x7e\x10\x00" + b"\x00" * 100)
         ws.transport.abort()     # drop with frames possibly in flight
@@ -627,7 +612,7 @@ def test_abrupt_disconnects_leak_no_sessions(tiny_tokenizer):
 
 
 def test_slow_reader_is_closed_not_buffered(tiny_tokenizer):
-    wav = noise(4, 24000 * 400)
+    wav = randn_noise(4, 24000 * 400)
 
     async def main():
         async with serving(tiny_tokenizer, send_queue=4, max_pending_seconds=0.2) as (srv, url):
@@ -670,7 +655,7 @@ def test_slow_reader_is_not_read_after_its_close(tiny_tokenizer):
     """After the slow_reader close the server used to keep reading (and discarding) the
     client's audio for as long as it came (GBs, seconds of CPU); now it reads nothing more
     and aborts the connection once close_timeout has passed."""
-    row = noise(4, 960).tobytes()
+    row = randn_noise(4, 960).tobytes()
 
     async def main():
         async with serving(tiny_tokenizer, send_queue=4, max_pending_seconds=0.2,
@@ -820,7 +805,7 @@ def test_backpressure_is_not_idleness(tiny_tokenizer, monkeypatch):
         return real_compute(tok, items)
 
     monkeypatch.setattr(batcher_mod, "compute", slow_compute)
-    wav = noise(5, 12000)
+    wav = randn_noise(5, 12000)
 
     async def main():
         async with serving(tiny_tokenizer, idle_timeout=0.4, max_pending_seconds=0.1) as (
@@ -902,14 +887,14 @@ def test_metrics_in_the_prometheus_text_format(tiny_tokenizer):
     """/metrics is Prometheus text: frames by direction, errors by code (every code from 0),
     open sessions, frame latency and model-step histograms; a real stream moves them, and
     /metrics.json counts the same frames."""
-    lat = tiny_tokenizer.encode(noise(7, 9600))
+    lat = tiny_tokenizer.encode(randn_noise(7, 9600))
 
     async def main():
         async with serving(tiny_tokenizer) as (_, url):
             base = url.replace("ws://", "http://")
             before = await asyncio.to_thread(scrape, base)
             async with AsyncClient(url) as c:
-                await c.send_audio(noise(1, 960))
+                await c.send_audio(randn_noise(1, 960))
                 during = await asyncio.to_thread(scrape, base)
             await good_client(tiny_tokenizer, url)
             await decode_latents_remote(url, lat, frames_per_message=2)
@@ -1008,7 +993,7 @@ def test_http_status_codes_and_the_metrics_token(tiny_tokenizer):
     async def main():
         async with serving(tiny_tokenizer, token="s3cret") as (srv, url):
             got = {name: await http_status(srv.port, req) for name, (req, _) in requests.items()}
-            await stream_chunks(url, noise(0, 2000), [1000], token="s3cret")  # still serves
+            await stream_chunks(url, randn_noise(0, 2000), [1000], token="s3cret")  # still serves
             return got
 
     got = run(main())
@@ -1016,7 +1001,7 @@ def test_http_status_codes_and_the_metrics_token(tiny_tokenizer):
 
 
 def test_graceful_shutdown_flushes_open_sessions(tiny_tokenizer):
-    wavs = [noise(20 + i, 960 * 3 + 100 * i + 1) for i in range(3)]
+    wavs = [randn_noise(20 + i, 960 * 3 + 100 * i + 1) for i in range(3)]
 
     async def main():
         srv = await F3Server(tiny_tokenizer).start("127.0.0.1", 0)
@@ -1044,7 +1029,7 @@ def test_graceful_shutdown_flushes_open_sessions(tiny_tokenizer):
 @pytest.mark.parametrize("rate, fmt", [(16000, "pcm16"), (8000, "mulaw")])
 def test_graceful_shutdown_flushes_the_resampler_of_v2_sessions(tiny_tokenizer, rate, fmt):
     """Shutdown, like a flush, pushes the held-back resampler tail before the last frame."""
-    wavs = [noise(30 + i, rate // 5 + 77 * i) for i in range(2)]
+    wavs = [randn_noise(30 + i, rate // 5 + 77 * i) for i in range(2)]
 
     async def main():
         srv = await F3Server(tiny_tokenizer).start("127.0.0.1", 0)
@@ -1092,7 +1077,7 @@ def test_sync_client_and_cli(tiny_tokenizer, tmp_path):
     srv = box["srv"]
     url = f"ws://127.0.0.1:{srv.port}"
     try:
-        wav = noise(9, 7000)
+        wav = randn_noise(9, 7000)
         with Client(url, returns="both") as c:
             for a in range(0, wav.size, 1234):
                 c.send_audio(wav[a:a + 1234])
@@ -1136,7 +1121,7 @@ def test_serve_cli_sigterm_flushes(tiny_tokenizer, tmp_path):
         line = proc.stdout.readline()
         port = int(re.search(r"ws://127\.0\.0\.1:(\d+)", line).group(1))
         assert f"{eventloop.loop_factory('auto')[0]} loop" in line  # uvloop when installed
-        wav = noise(30, 960 * 2 + 500)
+        wav = randn_noise(30, 960 * 2 + 500)
 
         async def main():
             async with AsyncClient(f"ws://127.0.0.1:{port}") as c:
@@ -1203,7 +1188,7 @@ def test_load_benchmark_runs_and_loses_no_frame():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "server_load.py"),
                           "--clients", "4", "--duration", "1.5"], capture_output=True,
                          text=True, timeout=300, cwd=root,
@@ -1232,7 +1217,7 @@ def test_limits_benchmark_runs_and_shows_the_bounds(tiny_tokenizer, tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     ckpt = tiny_tokenizer.save(tmp_path / "tiny")
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "server_limits.py"),
                           "--duration", "3", "--checkpoint", str(ckpt)], capture_output=True,
@@ -1300,12 +1285,12 @@ def test_failing_session_is_isolated(tiny_tokenizer, monkeypatch):
         async with serving(tiny_tokenizer) as (srv, url):
             bad = await AsyncClient(url).__aenter__()
             victims.add(id(srv.sessions[bad.ready["session"]].coder))
-            goods = [stream_chunks(url, noise(40 + i, 9000), [960 * 2]) for i in range(3)]
+            goods = [stream_chunks(url, randn_noise(40 + i, 9000), [960 * 2]) for i in range(3)]
 
             async def victim():
                 for _ in range(10):
                     with contextlib.suppress(ConnectionClosed):
-                        await bad.send_audio(noise(1, 960 * 2))
+                        await bad.send_audio(randn_noise(1, 960 * 2))
                     await asyncio.sleep(0.005)
                 await asyncio.wait_for(bad._closed.wait(), 10)
             results = await asyncio.gather(victim(), *goods)
@@ -1314,7 +1299,7 @@ def test_failing_session_is_isolated(tiny_tokenizer, monkeypatch):
     err, results = run(main())
     assert err is not None and err.code == "internal" and err.close_code == 1011
     for i, res in enumerate(results):
-        assert_matches(tiny_tokenizer, noise(40 + i, 9000), res)
+        assert_matches(tiny_tokenizer, randn_noise(40 + i, 9000), res)
 
 
 DOCUMENTED_CLOSES = {1000, 1001, 1007, 1009, 1013, 4000, 4001, 4004, 4008, 4009, 4010}
@@ -1336,7 +1321,7 @@ def test_fuzz_message_sequences_never_break_the_server(tiny_tokenizer):
                                      st.one_of(st.integers(), st.text(max_size=5)),
                                      max_size=4).map(json.dumps))
     binary = st.one_of(st.binary(max_size=3000),
-                       st.integers(0, 2000).map(lambda n: noise(n, n).tobytes()))
+                       st.integers(0, 2000).map(lambda n: randn_noise(n, n).tobytes()))
     sequences = st.lists(st.one_of(text, binary), min_size=1, max_size=8)
 
     async def scenario(batches):

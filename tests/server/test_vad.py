@@ -7,7 +7,6 @@ VAD code at all."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import run, serving
 
 pytest.importorskip("websockets")
 pytest.importorskip("onnxruntime")
@@ -26,7 +26,6 @@ from f3stream.server import vad as vadmod  # noqa: E402
 from f3stream.server.client import AsyncClient, ServerError  # noqa: E402
 from f3stream.server.protocol import (DTYPE_FLOAT32, HEADER_SIZE, KIND_LATENTS,  # noqa: E402
                                       ProtocolError, encode_frame, parse_frame, parse_hello)
-from f3stream.server.server import F3Server, ServerConfig  # noqa: E402
 from f3stream.server.vad import (SpeechSegmenter, VadModel, VadParams,  # noqa: E402
                                  VadStream, run_windows)
 
@@ -37,19 +36,6 @@ except vadmod.VadUnavailable as e:  # pragma: no cover - CI installs it with f3s
 
 SR, HOP = 24000, 960
 ALSA = Path("/usr/share/sounds/alsa")
-
-
-def run(coro, timeout: float = 60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-@contextlib.asynccontextmanager
-async def serving(tok, **cfg):
-    srv = await F3Server(tok, ServerConfig(**cfg)).start("127.0.0.1", 0)
-    try:
-        yield srv, f"ws://127.0.0.1:{srv.port}"
-    finally:
-        await srv.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -443,7 +429,7 @@ def test_load_benchmark_with_vad():
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "server_load.py"),
                           "--clients", "3", "--duration", "1.5", "--vad"], capture_output=True,
                          text=True, timeout=300, cwd=root,

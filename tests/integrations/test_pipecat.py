@@ -7,11 +7,11 @@ happens when that server goes away."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 import numpy as np
 import pytest
+from helpers import randn_noise, run, serving
 
 pytest.importorskip("pipecat", reason="pipecat-ai is not installed: pip install "
                     "'f3stream[pipecat]' (part of '.[dev]')")
@@ -28,7 +28,7 @@ from pipecat.workers.runner import WorkerRunner  # noqa: E402
 from f3stream.integrations.pipecat import (DecoderProcessor, EncoderProcessor,  # noqa: E402
                                            LatentFrame, RemoteEncoderProcessor)
 from f3stream.resampling import StreamResampler  # noqa: E402
-from f3stream.server.server import F3Server, ServerConfig  # noqa: E402
+from f3stream.server.server import F3Server  # noqa: E402
 
 LSB = 1 / 32768
 
@@ -76,10 +76,6 @@ async def run_pipeline(processors, feed, *, out_rate: int = 24000, timeout: floa
     return down, up
 
 
-def noise(seed: int, n: int) -> np.ndarray:
-    return (np.random.RandomState(seed).randn(n) * 0.1).astype(np.float32)
-
-
 def pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
 
@@ -119,21 +115,17 @@ def joined(frames: list[LatentFrame]) -> tuple[np.ndarray, np.ndarray | None]:
     return np.concatenate([f.latents for f in frames]), reps
 
 
-def run(coro):
-    return asyncio.run(coro)
-
-
 # -- in-process -------------------------------------------------------------------------------
 def test_encoder_and_decoder_at_24k_equal_encode_and_decode(tiny_tokenizer):
     """20 ms frames and odd sizes in, latents + representations out equal to
     Tokenizer.tokenize, the audio passed through untouched, and the decoder's audio equal to
     Tokenizer.decode of those latents."""
     tok = tiny_tokenizer
-    pcm = pcm16(noise(0, 24000 + 1234))
+    pcm = pcm16(randn_noise(0, 24000 + 1234))
     frames = audio_frames(pcm, 24000, [480, 480, 1000, 7, 2400])
     enc = EncoderProcessor(tok, representations=True)
     dec = DecoderProcessor(tok, pass_latents=True)
-    down, up = run(run_pipeline([enc, dec], feeder(frames)))
+    down, up = run(run_pipeline([enc, dec], feeder(frames)), timeout=None)
 
     ref = tok.tokenize(pcm)
     lat, reps = joined(down.of(LatentFrame))
@@ -165,11 +157,12 @@ def test_encoder_and_decoder_at_24k_equal_encode_and_decode(tiny_tokenizer):
 def test_encoder_resamples_any_rate_as_the_library_does(tiny_tokenizer, rate, channels, seed):
     tok = tiny_tokenizer
     rng = np.random.RandomState(seed)
-    x = noise(seed, int(rng.randint(rate // 2, 2 * rate)) * channels).reshape(-1, channels)
+    x = randn_noise(seed, int(rng.randint(rate // 2, 2 * rate)) * channels).reshape(-1, channels)
     pcm = pcm16(x)
     sizes = [int(s) for s in rng.randint(1, rate // 10, size=4)] + [rate // 50]
     enc = EncoderProcessor(tok, pass_audio=False, offload=False)
-    down, _ = run(run_pipeline([enc], feeder(audio_frames(pcm, rate, sizes, channels))))
+    down, _ = run(run_pipeline([enc], feeder(audio_frames(pcm, rate, sizes, channels))),
+                  timeout=None)
     assert not down.of(InputAudioRawFrame)
     mono = (pcm.astype(np.float32) / 32768).mean(axis=1, dtype=np.float32)
     ref = tok.encode(offline_resampled(mono, rate, 24000))
@@ -180,11 +173,11 @@ def test_encoder_resamples_any_rate_as_the_library_does(tiny_tokenizer, rate, ch
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_decoder_output_at_the_pipeline_rate(tiny_tokenizer, rate):
     tok = tiny_tokenizer
-    lat = tok.encode(noise(7, 15000))
+    lat = tok.encode(randn_noise(7, 15000))
     latent_frames = [LatentFrame(latents=lat[a:a + n], representations=None, frame_index=a)
                      for a, n in zip(range(0, lat.shape[0], 3), [3] * lat.shape[0])]
     dec = DecoderProcessor(tok)  # sample_rate None: PipelineParams.audio_out_sample_rate
-    down, _ = run(run_pipeline([dec], feeder(latent_frames), out_rate=rate))
+    down, _ = run(run_pipeline([dec], feeder(latent_frames), out_rate=rate), timeout=None)
     assert not down.of(LatentFrame)
     out = down.of(OutputAudioRawFrame)
     assert {f.sample_rate for f in out} == {rate} and dec.output_rate == rate
@@ -197,7 +190,7 @@ def test_decoder_starts_afresh_after_an_interruption(tiny_tokenizer):
     """A barge-in (InterruptionFrame) while the bot talks: the next reply's audio is
     Tokenizer.decode of that reply alone, not the continuation of the interrupted one."""
     tok = tiny_tokenizer
-    first, reply = tok.encode(noise(8, 9600)), tok.encode(noise(9, 7000))
+    first, reply = tok.encode(randn_noise(8, 9600)), tok.encode(randn_noise(9, 7000))
 
     async def feed(worker, down):
         await worker.queue_frame(LatentFrame(latents=first, representations=None,
@@ -216,7 +209,7 @@ def test_decoder_starts_afresh_after_an_interruption(tiny_tokenizer):
         await worker.queue_frames([LatentFrame(latents=reply, representations=None,
                                                frame_index=0), EndFrame()])
 
-    down, _ = run(run_pipeline([DecoderProcessor(tok)], feed))
+    down, _ = run(run_pipeline([DecoderProcessor(tok)], feed), timeout=None)
     out = down.of(OutputAudioRawFrame)
     after = [f for f in down.frames[down.frames.index(down.of(InterruptionFrame)[0]):]
              if isinstance(f, OutputAudioRawFrame)]
@@ -227,22 +220,13 @@ def test_decoder_starts_afresh_after_an_interruption(tiny_tokenizer):
 
 
 # -- against a live f3stream serve -------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def serving(tok, port: int = 0, **cfg):
-    srv = await F3Server(tok, ServerConfig(**cfg)).start("127.0.0.1", port)
-    try:
-        yield srv, f"ws://127.0.0.1:{srv.port}"
-    finally:
-        await srv.shutdown()
-
-
 @pytest.mark.parametrize("rate, representations", [(16000, False), (24000, True),
                                                    (11025, False)])
 def test_remote_encoder_equals_encode(tiny_tokenizer, rate, representations):
     """16 kHz: resampled by the server (protocol v2, pcm16); 11025 Hz, a rate the protocol
     does not take: resampled in the processor and sent at 24 kHz in float32."""
     tok = tiny_tokenizer
-    pcm = pcm16(noise(rate, rate + 777))
+    pcm = pcm16(randn_noise(rate, rate + 777))
     frames = audio_frames(pcm, rate, [rate // 50, 333])
 
     async def main():
@@ -251,7 +235,7 @@ def test_remote_encoder_equals_encode(tiny_tokenizer, rate, representations):
             down, up = await run_pipeline([enc], feeder(frames))
             return enc, down, up
 
-    enc, down, up = run(main())
+    enc, down, up = run(main(), timeout=None)
     assert not up.of(ErrorFrame) and enc.connections == 1
     ref = tok.tokenize(offline_resampled(pcm / 32768, rate, 24000),
                        representations=representations)
@@ -276,7 +260,7 @@ def test_remote_encoder_reconnects_when_the_server_closes_the_connection(tiny_to
     """The server's idle timeout closes the connection between two bursts of audio: the next
     audio reconnects, the new stream's frames continue the indices and say they restarted."""
     tok = tiny_tokenizer
-    a, b = pcm16(noise(11, 960 * 10)), pcm16(noise(12, 5000))
+    a, b = pcm16(randn_noise(11, 960 * 10)), pcm16(randn_noise(12, 5000))
 
     async def main():
         async with serving(tok, idle_timeout=0.3) as (srv, url):
@@ -291,7 +275,7 @@ def test_remote_encoder_reconnects_when_the_server_closes_the_connection(tiny_to
             down, up = await run_pipeline([enc], feed)
             return enc, down, up
 
-    enc, down, up = run(main())
+    enc, down, up = run(main(), timeout=None)
     assert not up.of(ErrorFrame)
     assert enc.connections == 2 and enc.frames_lost == 0
     frames = down.of(LatentFrame)
@@ -313,7 +297,7 @@ def test_remote_encoder_reports_a_server_that_went_away(tiny_tokenizer):
     next audio finds it gone, the reconnection attempts fail, and a clear ErrorFrame goes
     upstream; the audio still passes through and the pipeline ends normally."""
     tok = tiny_tokenizer
-    a, b = pcm16(noise(21, 960 * 6 + 100)), pcm16(noise(22, 4800))
+    a, b = pcm16(randn_noise(21, 960 * 6 + 100)), pcm16(randn_noise(22, 4800))
 
     async def main():
         srv = await F3Server(tok).start("127.0.0.1", 0)
@@ -329,7 +313,7 @@ def test_remote_encoder_reports_a_server_that_went_away(tiny_tokenizer):
         down, up = await run_pipeline([enc], feed)
         return enc, down, up, url
 
-    enc, down, up, url = run(main())
+    enc, down, up, url = run(main(), timeout=None)
     errors = up.of(ErrorFrame)
     assert len(errors) == 1, errors
     msg = errors[0].error
@@ -346,8 +330,8 @@ def test_remote_encoder_reports_a_server_that_went_away(tiny_tokenizer):
 def test_remote_encoder_reports_an_unreachable_server(tiny_tokenizer):
     url = f"ws://127.0.0.1:{free_port()}"
     enc = RemoteEncoderProcessor(url, reconnect_attempts=1, reconnect_delay=0.01)
-    frames = audio_frames(pcm16(noise(3, 4800)), 16000, [320])
-    down, up = run(run_pipeline([enc], feeder(frames)))
+    frames = audio_frames(pcm16(randn_noise(3, 4800)), 16000, [320])
+    down, up = run(run_pipeline([enc], feeder(frames)), timeout=None)
     errors = up.of(ErrorFrame)
     assert len(errors) == 1 and "is unreachable" in errors[0].error and url in errors[0].error
     assert "2 attempt(s)" in errors[0].error

@@ -4,19 +4,18 @@ resamples it."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run, serving
 
 pytest.importorskip("websockets")
 
 from f3stream.resampling import StreamResampler  # noqa: E402
-from f3stream.server.server import F3Server  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_block(heading: str) -> str:
@@ -34,13 +33,10 @@ def test_readme_raw_websocket_client_works_as_printed(tiny_tokenizer):
                   ).astype(np.int16)
 
     async def main():
-        srv = await F3Server(tiny_tokenizer).start("127.0.0.1", 0)
-        try:
-            return await namespace["tokenize"](f"ws://127.0.0.1:{srv.port}", pcm, 16000)
-        finally:
-            await srv.shutdown()
+        async with serving(tiny_tokenizer) as (_, url):
+            return await namespace["tokenize"](url, pcm, 16000)
 
-    latents = asyncio.run(asyncio.wait_for(main(), 60))
+    latents = run(main())
     r = StreamResampler(16000, 24000)
     x = pcm.astype(np.float32) / 32768
     ref = tiny_tokenizer.encode(np.concatenate([r.process(x), r.flush()]))

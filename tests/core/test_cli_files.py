@@ -220,7 +220,7 @@ def test_peak_memory_benchmark_runs(ckpt, tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "peak_memory.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "peak_memory.py"
     out = subprocess.run([sys.executable, str(script), "--seconds", "2", "--rate", "48000",
                           "--workdir", str(tmp_path), "--checkpoint", str(ckpt),
                           "--commands", "encode", "--json", str(tmp_path / "r.json")],

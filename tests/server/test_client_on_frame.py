@@ -7,21 +7,20 @@ import asyncio
 
 import numpy as np
 import pytest
+from helpers import randn_noise, run, serving
 
 pytest.importorskip("websockets")
 
 from f3stream.server.client import AsyncClient  # noqa: E402
-from f3stream.server.server import F3Server  # noqa: E402
 
 
 def test_on_frame_gets_every_frame_in_order_and_nothing_is_kept(tiny_tokenizer):
-    wav = (np.random.RandomState(0).randn(24000 + 500) * 0.1).astype(np.float32)
+    wav = randn_noise(0, 24000 + 500)
     got = []
 
     async def main():
-        srv = await F3Server(tiny_tokenizer).start("127.0.0.1", 0)
-        try:
-            c = AsyncClient(f"ws://127.0.0.1:{srv.port}", returns="latents", on_frame=got.append)
+        async with serving(tiny_tokenizer) as (_, url):
+            c = AsyncClient(url, returns="latents", on_frame=got.append)
             await c.connect()
             for a in range(0, wav.size, 480):
                 await c.send_audio(wav[a:a + 480])
@@ -31,10 +30,8 @@ def test_on_frame_gets_every_frame_in_order_and_nothing_is_kept(tiny_tokenizer):
             await c.disconnect()
             await asyncio.wait_for(c.wait_closed(), 5)
             assert c.closed
-        finally:
-            await srv.shutdown()
 
-    asyncio.run(main())
+    run(main(), timeout=None)
     starts = np.cumsum([0] + [m.n_rows for m in got])  # a message may hold several frames
     assert [m.frame_index for m in got] == list(starts[:-1])
     assert got[-1].final and not got[0].final

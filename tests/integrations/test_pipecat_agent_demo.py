@@ -19,7 +19,7 @@ import soundfile as sf  # noqa: E402
 
 from f3stream.audio import load_audio, resample, write_audio  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "demos" / "pipecat_agent.py"
 SAMPLE = REPO / "f3stream" / "assets" / "sample.wav"
 
