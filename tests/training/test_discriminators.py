@@ -2,7 +2,6 @@
 growing the decoder of a training checkpoint without changing what it computes."""
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
