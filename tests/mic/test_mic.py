@@ -365,12 +365,11 @@ def test_mic_records_the_played_signal_and_tokens_match_offline(pulse, played, t
     assert np.abs(recon - expected).max() <= 1.5 / 32768
 
 
-# KNOWN DEFECT (2026-12-02, issue 15 follow-up): in the full default suite (three runs, one on
-# a quiet machine) `f3stream mic --playback` did not exit within 40 s of SIGINT, while this
-# test passes alone, with its file, and after every other test file tried in pairs. Until the
-# hang is found it runs only with `-m slow`: `python -m pytest -m slow tests/mic/test_mic.py`.
-# A hang now fails with every thread's stack (see `_Mic`), to find where it waits.
-@pytest.mark.slow
+# 2026-12-02: in three runs of the full default suite (one on a quiet machine) `f3stream mic
+# --playback` did not exit within 40 s of SIGINT, while this test passed alone. Since then
+# the output stream is aborted after the drain wait instead of stopped (ALSA's drain does not
+# return on a stalled device) and the take is written before the device is closed; a hang
+# would now fail with every thread's stack (see `_Mic`).
 def test_mic_resamples_plays_back_and_saves_on_ctrl_c(pulse, played, tok, tmp_path):
     """Capture at 48 kHz (streaming resampler to 24 kHz), play the live reconstruction into
     the f3out sink (recorded from its monitor), stop with SIGINT as a user's Ctrl-C would."""
