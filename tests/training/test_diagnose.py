@@ -28,3 +28,22 @@ def test_each_swap_takes_magnitude_and_phase_from_the_side_it_names():
     assert np.corrcoef(out["rec_magnitude_input_phase"][mid], wav[mid])[0, 1] > 0.99  # wav's phase
     assert abs(rms(out["input_magnitude_rec_phase"]) - rms(wav)) < 0.01
     assert np.corrcoef(out["input_magnitude_rec_phase"][mid], rec[mid])[0, 1] > 0.99
+
+
+def test_paired_comparison_of_eval_reports(tmp_path):
+    import json
+
+    from training.compare_evals import clips, paired
+
+    def report(name, values):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"path": f"c{i}", "stoi": v, "pesq_wb": None} for i, v in enumerate(values)]
+        (d / "report.json").write_text(json.dumps({"clips": rows}))
+        return d
+
+    base = clips(report("a", [0.5, 0.6, 0.7, 0.8]))
+    other = clips(report("b", [0.51, 0.62, 0.71, 0.82]))
+    mean, se, n = paired(base, other, "stoi")
+    assert n == 4 and abs(mean - 0.015) < 1e-9 and 0 < se < 0.01
+    assert paired(base, other, "pesq_wb") is None   # nothing scored
