@@ -123,6 +123,23 @@ def aligned_crops(x: torch.Tensor, y: torch.Tensor, length: int,
     return x.gather(1, idx.to(x.device)), y.gather(1, idx.to(y.device))
 
 
+DISCRIMINATOR_RMS = 0.1
+
+
+def same_gain_to_reference(x: torch.Tensor, y: torch.Tensor, rms: float = DISCRIMINATOR_RMS
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``y`` (``[B, T]``) times one gain per item that brings ``x`` to ``rms``.
+
+    Why: stage 0 trains on levels from -45 to -8 dBFS, and a waveform discriminator fed a
+    -45 dBFS crop sees amplitudes of ~0.005 that its first layers barely respond to. Measured
+    on the bundled model's reconstructions (period discriminators trained alone for 200 steps,
+    ``python -m training.probe_discriminator``, docs/diagnose/discriminator-probe.json): the
+    hinge loss went from 2.0 to ~1.9 on raw crops and to ~1.6 on crops brought to one level.
+    The gain is the same for real and generated audio, so a level error still shows."""
+    g = rms / x.detach().pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-5)
+    return x * g, y * g
+
+
 def discriminator_loss(real_outs, fake_outs) -> torch.Tensor:
     """Hinge loss of the discriminator."""
     loss = 0.0

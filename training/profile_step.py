@@ -22,7 +22,7 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
     from f3stream.model import F3Model
 
     from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
-                                 generator_adversarial_losses)
+                                 generator_adversarial_losses, same_gain_to_reference)
     from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
     from .config import TrainConfig
     from .train import AutoencoderPart, _batch, load_stage0_sources
@@ -54,7 +54,7 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
             loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band)
         t3 = time.perf_counter()
         if disc is not None:
-            xc, yc = aligned_crops(x, y, crop)
+            xc, yc = same_gain_to_reference(*aligned_crops(x, y, crop))
             d_loss = discriminator_loss(disc(xc), disc(yc.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()

@@ -30,7 +30,7 @@ from .checkpointing import latest_checkpoint, load_training_state, save_training
 from .common import CsvLog, check_ranks_in_sync, export, lr_at, setup_distributed
 from .config import StageConfig, TrainConfig
 from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
-                             generator_adversarial_losses)
+                             generator_adversarial_losses, same_gain_to_reference)
 from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
 from .representation_stage import train_representation
 from .segments import LevelAugmentation, PackedSegmentSource, SegmentSource
@@ -187,8 +187,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                 + stage.complex_weight * cx + stage.band_weight * be)
         adv = fm = d_loss = torch.zeros((), device=device)
         if use_disc and step >= stage.discriminator_start:
-            xc, yc = aligned_crops(x, y, int(stage.discriminator_crop_seconds
-                                             * cfg.model.autoencoder.sample_rate))
+            xc, yc = same_gain_to_reference(*aligned_crops(
+                x, y, int(stage.discriminator_crop_seconds * cfg.model.autoencoder.sample_rate)))
             d_loss = discriminator_loss(disc_net(xc), disc_net(yc.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()

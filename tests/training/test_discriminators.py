@@ -143,3 +143,17 @@ def test_grow_adds_decoder_blocks_without_changing_the_output(tmp_path):
     big.autoencoder = replace(big.autoencoder, steps=4)
     model = train_autoencoder(big, tmp_path / "big", resume=True)
     assert model.decoder.convs.layers[n].gamma.abs().sum() > 0
+
+
+def test_same_gain_brings_the_real_crop_to_the_reference_level():
+    from training.discriminators import DISCRIMINATOR_RMS, same_gain_to_reference
+
+    x = torch.randn(3, 4000) * torch.tensor([[0.003], [0.05], [0.4]])
+    y = 0.5 * x                                   # 6 dB too quiet, as a bad generator is
+    xs, ys = same_gain_to_reference(x, y)
+    rms = xs.pow(2).mean(dim=1).sqrt()
+    torch.testing.assert_close(rms, torch.full((3,), DISCRIMINATOR_RMS), rtol=1e-4, atol=0)
+    torch.testing.assert_close(ys, 0.5 * xs)      # same gain: the level error still shows
+    y.requires_grad_(True)
+    same_gain_to_reference(x, y)[1].sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
