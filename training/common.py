@@ -115,3 +115,16 @@ def load_stage0(out: Path, cfg: TrainConfig, device: torch.device) -> F3Model:
     model = F3Model(model_cfg)
     load_state_strict(model, state, str(out / "export"))
     return model.to(device)
+
+
+def print_and_write_report(report: dict[str, Any], out: str | None) -> None:
+    """A diagnostic tool's JSON report: printed, and written atomically to ``out`` if given."""
+    import json
+
+    from f3stream.fileio import atomic_write_bytes
+
+    text = json.dumps(report, indent=1)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, (text + "\n").encode())

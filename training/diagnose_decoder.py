@@ -20,11 +20,9 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -106,6 +104,8 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .common import print_and_write_report
+
     p = argparse.ArgumentParser(prog="python -m training.diagnose_decoder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: bundled)")
@@ -118,13 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     report = diagnose(a.checkpoint, a.manifest, a.split, a.per_source, a.seed)
     report["command"] = "python -m training.diagnose_decoder " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.out:
-        from f3stream.fileio import atomic_write_bytes
-
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(a.out, (text + "\n").encode())
+    print_and_write_report(report, a.out)
     return 0
 
 

@@ -11,10 +11,8 @@ discriminator that cannot learn here cannot guide a generator either.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -61,6 +59,8 @@ def probe(checkpoint: str, config: str, steps: int, lr: float, crop_seconds: flo
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .common import print_and_write_report
+
     p = argparse.ArgumentParser(prog="python -m training.probe_discriminator",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoint": a.checkpoint, "discriminator": "mpd",
               "runs": [probe(a.checkpoint, a.config, a.steps, a.lr, a.crop_seconds, same)
                        for same in (False, True)]}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.out:
-        from f3stream.fileio import atomic_write_bytes
-
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(a.out, (text + "\n").encode())
+    print_and_write_report(report, a.out)
     return 0
 
 
