@@ -40,6 +40,7 @@ class StageConfig:
     discriminator_lr: float = 0.0       # 0: the generator's learning rate
     complex_weight: float = 0.0         # compressed complex-spectrum (phase-aware) loss
     band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
+    level_weight: float = 0.0           # log total-power loss (the RMS level)
     # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's
     # ``noise_gamma`` over ``noise_ramp_steps`` (0: the model's gamma from the first step).
     noise_gamma_start: float = 0.0

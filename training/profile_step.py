@@ -23,7 +23,7 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
 
     from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                                  generator_adversarial_losses, same_gain_to_reference)
-    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
+    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
     from .config import TrainConfig
     from .train import AutoencoderPart, _batch, load_stage0_sources
 
@@ -52,6 +52,8 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
                 + stage.complex_weight * cx)
         if stage.band_weight:
             loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band)
+        if stage.level_weight:
+            loss = loss + stage.level_weight * level_loss(*mags[BAND_RESOLUTION], band)
         t3 = time.perf_counter()
         if disc is not None:
             xc, yc = same_gain_to_reference(*aligned_crops(x, y, crop))

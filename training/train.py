@@ -31,7 +31,7 @@ from .common import CsvLog, check_ranks_in_sync, export, lr_at, setup_distribute
 from .config import StageConfig, TrainConfig
 from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                              generator_adversarial_losses, same_gain_to_reference)
-from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, spectral_losses
+from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
 from .representation_stage import train_representation
 from .segments import LevelAugmentation, PackedSegmentSource, SegmentSource
 
@@ -161,7 +161,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                                        with_complex=stage.complex_weight > 0)
         be = band_energy_loss(*mags[BAND_RESOLUTION], band,
                               cfg.model.autoencoder.sample_rate)
-        return mr, logmel.loss(y, x, band, mags), cx, be
+        lv = level_loss(*mags[BAND_RESOLUTION], band, cfg.model.autoencoder.sample_rate)
+        return mr, logmel.loss(y, x, band, mags), cx, be, lv
 
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="autoencoder",
@@ -182,9 +183,9 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16):
             y = net(x)
         y = y.float()
-        mr, mel, cx, be = recon_losses(y, x, band)
+        mr, mel, cx, be, lv = recon_losses(y, x, band)
         loss = (stage.mrstft_weight * mr + stage.mel_weight * mel
-                + stage.complex_weight * cx + stage.band_weight * be)
+                + stage.complex_weight * cx + stage.band_weight * be + stage.level_weight * lv)
         adv = fm = d_loss = torch.zeros((), device=device)
         if use_disc and step >= stage.discriminator_start:
             xc, yc = same_gain_to_reference(*aligned_crops(
@@ -208,7 +209,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                    "fm": f"{fm.item():.5f}", "disc": f"{d_loss.item():.5f}",
                    "grad_norm": f"{grad.item():.4f}", "lr": f"{lr:.3e}",
                    "sec_per_step": f"{(time.time() - t0) / max(1, done - start):.3f}",
-                   "val_mel": "", "band": f"{be.item():.5f}"}
+                   "val_mel": "", "band": f"{be.item():.5f}", "level": f"{lv.item():.5f}"}
             if done % stage.eval_every == 0 or done == stage.steps:
                 ae.eval()
                 with torch.no_grad():

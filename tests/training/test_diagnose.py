@@ -1,4 +1,5 @@
-"""training.diagnose_decoder: the magnitude/phase recombinations are what they claim."""
+"""training.diagnose_decoder and diagnose_level: the recombinations and gain sweeps are what
+they claim."""
 
 import numpy as np
 
@@ -47,3 +48,19 @@ def test_paired_comparison_of_eval_reports(tmp_path):
     mean, se, n = paired(base, other, "stoi")
     assert n == 4 and abs(mean - 0.015) < 1e-9 and 0 < se < 0.01
     assert paired(base, other, "pesq_wb") is None   # nothing scored
+
+
+def test_level_diagnosis_finds_the_gain_that_restores_a_quiet_copy():
+    """A reconstruction that is the input 6 dB down: every level-sensitive term is smallest
+    at +6 dB, so the sweep reports +6 dB for them and for the total."""
+    import torch
+
+    from training.diagnose_level import best_gains
+    from training.losses import LogMel
+
+    x = 0.05 * torch.randn(1, 24000, generator=torch.Generator().manual_seed(1))
+    best = best_gains(x * 10 ** (-6 / 20), x, 24000,
+                      {"mrstft": 1.0, "mel": 1.0, "complex": 0.5, "band": 4.0, "level": 1.0},
+                      LogMel(24000))
+    for term in ("mrstft", "mel", "complex", "band", "level", "total"):
+        assert best[term] == 6.0, (term, best)

@@ -196,6 +196,26 @@ def test_band_energy_loss_scores_level_not_harmonic_positions():
     assert masked == 0.0
 
 
+def test_level_loss_scores_the_total_power_whatever_the_level():
+    """Equal signals score 0; a copy g times louder scores |ln g^2| at any input level, and
+    power above the item's band limit is not scored."""
+    from training.losses import level_loss
+
+    noise = torch.randn(1, 48000, generator=torch.Generator().manual_seed(0))
+    for level in (0.003, 0.3):
+        x = level * noise
+        _, _, m = spectral_losses(x, x)
+        assert level_loss(*m[(1024, 256)], None).item() == pytest.approx(0.0, abs=1e-6)
+        _, _, m = spectral_losses(2.0 * x, x)
+        assert level_loss(*m[(1024, 256)], None).item() == pytest.approx(np.log(4.0), rel=1e-3)
+    t = torch.arange(48000) / SR
+    low = 0.1 * torch.sin(2 * torch.pi * 200 * t)[None]
+    high = 0.1 * torch.sin(2 * torch.pi * 8000 * t)[None]
+    _, _, m = spectral_losses(low + high, low)
+    assert level_loss(*m[(1024, 256)], None).item() > 0.5
+    assert level_loss(*m[(1024, 256)], torch.tensor([4000.0])).item() < 0.01
+
+
 def test_csv_log_gains_new_columns_on_resume(tmp_path):
     from training.common import CsvLog
 
