@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-INPUT_LEVELS_DBFS = (-45.0, -35.0, -26.0, -18.0)
+INPUT_LEVELS_DBFS = (-45.0, -35.0, -26.0, -18.0, -10.0)
 GAIN_SWEEP_DB = tuple(float(g) for g in np.arange(-20.0, 12.01, 0.5))
 
 

@@ -69,6 +69,18 @@ def test_segments_are_deterministic_weighted_and_leveled(packed):
         PackedSegmentSource(corpus, "train", 9600, 3, {"nope": 1.0})
 
 
+def test_without_the_peak_limit_loud_segments_keep_their_level(packed):
+    """At 0 dBFS RMS the tones' peaks (3 dB above it) pass full scale: with the limit the segments come out
+    quieter than drawn; without it they keep the drawn level."""
+    corpus, _ = packed
+    for peak_limit, expect_drawn in ((True, False), (False, True)):
+        level = LevelAugmentation(level_dbfs=(0.0, 0.0), peak_limit=peak_limit)
+        a = PackedSegmentSource(corpus, "train", 9600, seed=3, level=level).batch(0, 6)
+        rms_db = 20 * torch.log10(a.pow(2).mean(dim=1).sqrt())
+        assert bool(rms_db.abs().max() < 0.5) == expect_drawn, rms_db
+        assert bool(a.abs().max() > 1.0) == expect_drawn
+
+
 def test_speed_perturbation_moves_pitch_and_band(packed):
     corpus, _ = packed
     level = LevelAugmentation(level_dbfs=(-20.0, -20.0), speed_prob=1.0,
