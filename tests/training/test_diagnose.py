@@ -64,3 +64,34 @@ def test_level_diagnosis_finds_the_gain_that_restores_a_quiet_copy():
                       LogMel(24000))
     for term in ("mrstft", "mel", "complex", "band", "level", "total"):
         assert best[term] == 6.0, (term, best)
+
+
+def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+    import pytest
+
+    from training.plot_eval_curve import load_series, main, steps_to_reach
+
+    def report(name, stoi):
+        d = tmp_path / name
+        d.mkdir()
+        rec = {"stoi": {"mean": stoi}, "pesq_wb": {"mean": 1.1}, "level_db": {"median": -1.0}}
+        (d / "report.json").write_text(json.dumps({"reconstruction": {"all": rec}}))
+        return str(d)
+
+    args = [f"a@2000={report('a2', 0.6)}", f"a@1000={report('a1', 0.5)}",
+            f"b@1000={report('b1', 0.7)}"]
+    series = load_series(args)
+    assert list(series) == ["a", "b"]
+    steps, m = series["a"]
+    assert steps.tolist() == [1000, 2000] and m["stoi"].tolist() == [0.5, 0.6]
+    # +0.1 per doubling from 0.5 at 1000: 0.85 after 3.5 doublings
+    assert steps_to_reach(steps, m["stoi"], 0.85) == pytest.approx(1000 * 2 ** 3.5, rel=1e-6)
+    assert steps_to_reach(np.array([1, 2]), np.array([0.6, 0.5]), 0.85) == math.inf
+    assert main(args + ["--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="LABEL@"):
+        load_series(["a@x=somewhere"])
