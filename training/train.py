@@ -234,14 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--manifest", help="override the config's manifest path")
+    parser.add_argument("--stop-at", type=int, metavar="STEP",
+                        help="stage 0: stop after this step, checkpoint and export written "
+                             "(the bundled checkpoint's chain of runs stops each one so)")
     args = parser.parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        parser.error(f"--stop-at must be a step >= 1, got {args.stop_at}")
     cfg = TrainConfig.load(args.config)
     if args.manifest:
         cfg.manifest = args.manifest
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("autoencoder", "all"):
-        train_autoencoder(cfg, out, args.resume)
+        train_autoencoder(cfg, out, args.resume, max_steps=args.stop_at)
     if args.stage in ("representation", "all"):
         train_representation(cfg, out, args.resume)
     return 0

@@ -78,6 +78,18 @@ def test_stage0_trains_logs_and_exports(corpus, tmp_path):
     assert tok.config == cfg.model
 
 
+def test_stop_at_ends_stage0_with_a_checkpoint_at_that_step(corpus, tmp_path):
+    from training.train import main
+
+    argv = ["autoencoder", "--config", str(ROOT / "training/configs/tiny.json"),
+            "--manifest", str(corpus), "--out", str(tmp_path)]
+    assert main(argv + ["--stop-at", "2"]) == 0
+    assert (tmp_path / "autoencoder/checkpoints/latest").read_text() == "step-0000002"
+    assert f3stream.load(tmp_path / "export").info["stage0_steps"] == 2
+    with pytest.raises(SystemExit):
+        main(argv + ["--stop-at", "0"])
+
+
 def _scale_saved_weights(ckpt: Path, prefix: str, factor: float) -> None:
     """Edits a saved training state in place: the weights under ``prefix`` times ``factor``."""
     from safetensors.torch import save_file
