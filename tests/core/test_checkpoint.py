@@ -112,10 +112,14 @@ def test_bundled_checkpoint_loads(wav):
     tok = f3stream.load()
     assert tok.info.get("trained") is True and tok.info["stage0_steps"] > 0
     # the default inference architecture plus the encoder's level input (off by default so
-    # checkpoints saved before it still load); the training-only RQ codebook was 1024 codes
-    # (the CPU configs), which changes no inference weight
-    assert tok.config.autoencoder.level_feature is True
-    assert replace(tok.config.autoencoder, level_feature=False) == TokenizerConfig().autoencoder
+    # checkpoints saved before it still load), a decoder grown to 8 ConvNeXt blocks and the
+    # training noise at gamma 0.3 (training/configs/real_cpu_deep03_level.json); the
+    # training-only RQ codebook was 1024 codes (the CPU configs), which changes no inference
+    # weight
+    ae = tok.config.autoencoder
+    assert (ae.level_feature, ae.decoder_conv_blocks, ae.noise_gamma) == (True, 8, 0.3)
+    assert replace(ae, level_feature=False, decoder_conv_blocks=4, noise_gamma=1.0) == \
+        TokenizerConfig().autoencoder
     assert replace(tok.config.representation, rq_codebook_size=8192) == \
         TokenizerConfig().representation
     assert tok.encode(wav).shape == (25, 64)
