@@ -78,18 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, key, target in zip(axes, ("stoi", "pesq_wb", "level_db"),
                                (args.target_stoi, args.target_pesq, 0.0)):
         for i, (label, (steps, m)) in enumerate(series.items()):
             color = f"C{i}"
-            ax.semilogx(steps, m[key], "o-", color=color, label=label)
+            # the level is not extrapolated: a linear axis reads better over one decade
+            plot = ax.plot if key == "level_db" else ax.semilogx
+            plot(steps, m[key], "o-", color=color, label=label)
             if key != "level_db" and steps.size >= 2:
                 grid = np.geomspace(steps.min(), steps.max() * 20, 100)
                 slope, intercept = np.polyfit(np.log(steps), m[key], 1)
                 ax.semilogx(grid, intercept + slope * np.log(grid), "--", color=color,
                             alpha=0.6, label=f"{label}: log-linear fit")
         ax.axhline(target, color="k", lw=0.8, ls=":", label="target")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("stage-0 step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
