@@ -251,3 +251,19 @@ def test_stage1_mix_keeps_transcribed_and_samples_the_rest():
     assert len(out) == 8 and all(not c.text for c in out[4:])
     assert all(c.split == "train" for c in out[1:])       # held-out real voices stay out
     assert out == mix(base, real, untranscribed=4, seed=1)
+
+
+def test_manifest_sample_takes_seeded_train_then_held_out_clips(tmp_path):
+    from training.data.sample import main, sample
+
+    clips = ([Clip(f"t{i}.wav", "", "r1", "train") for i in range(20)]
+             + [Clip(f"v{i}.wav", "", "r2", "val") for i in range(5)]
+             + [Clip(f"x{i}.wav", "", "r3", "test") for i in range(5)])
+    out = sample(clips, 6, 3, seed=0)
+    assert [c.split for c in out[:6]] == ["train"] * 6
+    assert all(c.split in ("val", "test") for c in out[6:]) and len(out) == 9
+    assert len({c.path for c in out}) == 9
+    assert out == sample(clips, 6, 3, seed=0) and out != sample(clips, 6, 3, seed=1)
+    assert len(sample(clips, 100, 100)) == 30                 # no more than there are
+    with pytest.raises(SystemExit):
+        main(["--manifest", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")])
