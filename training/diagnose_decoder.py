@@ -58,15 +58,11 @@ def swapped(wav: np.ndarray, rec: np.ndarray, seed: int = 0) -> dict[str, np.nda
             "input_magnitude_random_phase": _istft(a.abs() * torch.exp(1j * rand), wav.size)}
 
 
-def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
-             seed: int = 0) -> dict:
-    from f3stream.audio import load_audio
-    from f3stream.evaluation.metrics import pesq_wb, stoi
+def clips_per_source(manifest: str, split: str, per_source: int, seed: int = 0):
+    """Up to ``per_source`` clips of each source of the split, in a seeded order, and the
+    count per source: the held-out clips both diagnostics score."""
     from f3stream.manifest import read_manifest
-    from f3stream.tokenizer import Tokenizer
 
-    tok = Tokenizer.load(checkpoint)
-    sr = tok.sample_rate
     clips = read_manifest(manifest, split)
     random.Random(seed).shuffle(clips)
     chosen, count = [], {}
@@ -74,6 +70,18 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         if count.get(c.source, 0) < per_source:
             chosen.append(c)
             count[c.source] = count.get(c.source, 0) + 1
+    return chosen, count
+
+
+def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
+             seed: int = 0) -> dict:
+    from f3stream.audio import load_audio
+    from f3stream.evaluation.metrics import pesq_wb, stoi
+    from f3stream.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(checkpoint)
+    sr = tok.sample_rate
+    chosen, count = clips_per_source(manifest, split, per_source, seed)
     rng = np.random.default_rng(seed)
     scores: dict[str, dict[str, list]] = {}
 

@@ -19,7 +19,6 @@ the loss itself holds the level down, not a lack of training; the per-term colum
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import warnings
 
@@ -59,21 +58,15 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
     import torch
 
     from f3stream.audio import load_audio
-    from f3stream.manifest import read_manifest
     from f3stream.tokenizer import Tokenizer
 
+    from .diagnose_decoder import clips_per_source
     from .losses import LogMel
 
     tok = Tokenizer.load(checkpoint)
     sr = tok.sample_rate
     logmel = LogMel(sr)
-    clips = read_manifest(manifest, split)
-    random.Random(seed).shuffle(clips)
-    chosen, count = [], {}
-    for c in clips:
-        if count.get(c.source, 0) < per_source:
-            chosen.append(c)
-            count[c.source] = count.get(c.source, 0) + 1
+    chosen, count = clips_per_source(manifest, split, per_source, seed)
     rows: dict[float, list[dict]] = {lvl: [] for lvl in INPUT_LEVELS_DBFS}
     for clip in chosen:
         with warnings.catch_warnings():
