@@ -73,6 +73,18 @@ def clips_per_source(manifest: str, split: str, per_source: int, seed: int = 0):
     return chosen, count
 
 
+def add_clip_arguments(p: argparse.ArgumentParser, per_source: int) -> None:
+    """The options both diagnostics share: which checkpoint, which held-out clips, where the
+    report goes."""
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: bundled)")
+    p.add_argument("--manifest", default="data/real/manifest.jsonl")
+    p.add_argument("--split", default="test")
+    p.add_argument("--per-source", type=int, default=per_source,
+                   help=f"clips per source (default: {per_source})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the report (JSON) here too")
+
+
 def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
              seed: int = 0) -> dict:
     from f3stream.audio import load_audio
@@ -116,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m training.diagnose_decoder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: bundled)")
-    p.add_argument("--manifest", default="data/real/manifest.jsonl")
-    p.add_argument("--split", default="test")
-    p.add_argument("--per-source", type=int, default=6, help="clips per source (default: 6)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the report (JSON) here too")
+    add_clip_arguments(p, per_source=6)
     a = p.parse_args(argv)
     report = diagnose(a.checkpoint, a.manifest, a.split, a.per_source, a.seed)
     report["command"] = "python -m training.diagnose_decoder " + " ".join(

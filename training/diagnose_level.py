@@ -92,18 +92,14 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
 
 def main(argv: list[str] | None = None) -> int:
     from .common import print_and_write_report
+    from .diagnose_decoder import add_clip_arguments
 
     p = argparse.ArgumentParser(prog="python -m training.diagnose_level", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: bundled)")
-    p.add_argument("--manifest", default="data/real/manifest.jsonl")
-    p.add_argument("--split", default="test")
-    p.add_argument("--per-source", type=int, default=4, help="clips per source (default: 4)")
+    add_clip_arguments(p, per_source=4)
     p.add_argument("--weights", default="mrstft=1,mel=1,complex=0.5,band=4,level=0",
                    help="loss weights as name=value,... (default: the real_cpu configs' "
                         "before the level term)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the report (JSON) here too")
     a = p.parse_args(argv)
     try:
         weights = {k: float(v) for k, v in (kv.split("=") for kv in a.weights.split(","))}
