@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import AutoencoderConfig
+from .harmonic import HarmonicSource, PitchHead
 from .streaming import (CausalConvNeXtBlock, CausalFraming, OverlapAdd, State, StreamingModule,
                         StreamingSequential, TransformerLayer, hann_window, irdft_basis,
                         rdft_basis, substate, with_prefix)
@@ -113,25 +114,62 @@ class AudioDecoder(StreamingModule):
         self.register_buffer("basis", irdft_basis(cfg.n_fft, hann_window(cfg.n_fft)),
                              persistent=False)
         self.overlap_add = OverlapAdd(cfg.n_fft, cfg.stft_hop)
+        self.harmonic: HarmonicSource | None = None
+        if cfg.harmonic_source:
+            self.pitch = PitchHead(cfg.latent_dim, self.PITCH_HIDDEN, cfg.stft_frames_per_latent)
+            # zero gains: a decoder given this head computes what it did without it
+            self.harmonic_proj = nn.Linear(cfg.conv_channels, 2 * n_bins)
+            nn.init.zeros_(self.harmonic_proj.weight)
+            nn.init.zeros_(self.harmonic_proj.bias)
+            self.harmonic = HarmonicSource(cfg.sample_rate, cfg.n_fft, cfg.stft_hop)
+
+    PITCH_HIDDEN = 256
 
     def state_children(self) -> dict[str, StreamingModule]:
-        return {"transformer": self.transformer, "convs": self.convs, "ola": self.overlap_add}
+        children: dict[str, StreamingModule] = {"transformer": self.transformer,
+                                                "convs": self.convs, "ola": self.overlap_add}
+        if self.harmonic is not None:
+            children["harmonic"] = self.harmonic
+        return children
 
-    def spectrum(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Latents -> ``[B, 4T, 2F]`` complex spectrum as ``[real, imag]``."""
+    def spectrum(self, z: torch.Tensor, state: State
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """Latents -> (``[B, 4T, 2F]`` complex spectrum as ``[real, imag]``, the pitch head's
+        ``[B, 4T]`` f0 in Hz or None without a harmonic source, new state).
+
+        With the harmonic source the spectrum is ``M (e^{j phi} + g E)``: ``M e^{j phi}`` the
+        decoder's own, ``E`` the excitation's DFT and ``g`` a complex gain per bin, relative
+        to ``M`` so that the level stays where the magnitudes put it."""
         h, s_tr = self.transformer.step(self.input_proj(z), substate(state, "transformer"))
         b, t, _ = h.shape
         h = self.ungroup_proj(h).reshape(b, t * self.cfg.stft_frames_per_latent, -1)
         h, s_convs = self.convs.step(h, substate(state, "convs"))
-        log_mag, phase = self.out_proj(self.out_norm(h)).chunk(2, dim=-1)
+        h = self.out_norm(h)
+        log_mag, phase = self.out_proj(h).chunk(2, dim=-1)
         mag = torch.exp(log_mag.clamp(max=self.MAX_LOG_MAGNITUDE))
-        spec = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], dim=-1)
-        return spec, {**with_prefix("transformer", s_tr), **with_prefix("convs", s_convs)}
+        re, im = torch.cos(phase), torch.sin(phase)
+        new = {**with_prefix("transformer", s_tr), **with_prefix("convs", s_convs)}
+        f0 = None
+        if self.harmonic is not None:
+            f0 = self.pitch(z)
+            exc, s_h = self.harmonic.step(f0, substate(state, "harmonic"))
+            e_re, e_im = exc.chunk(2, dim=-1)
+            g_re, g_im = self.harmonic_proj(h).chunk(2, dim=-1)
+            re = re + g_re * e_re - g_im * e_im
+            im = im + g_re * e_im + g_im * e_re
+            new.update(with_prefix("harmonic", s_h))
+        return torch.cat([mag * re, mag * im], dim=-1), f0, new
+
+    def step_with_f0(self, z: torch.Tensor, state: State
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """:meth:`step` that also returns the pitch head's f0 (for its training loss)."""
+        spec, f0, new = self.spectrum(z, state)
+        wav, s_ola = self.overlap_add.step(spec @ self.basis, substate(state, "ola"))
+        return wav, f0, {**new, **with_prefix("ola", s_ola)}
 
     def step(self, z: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        spec, new = self.spectrum(z, state)
-        wav, s_ola = self.overlap_add.step(spec @ self.basis, substate(state, "ola"))
-        return wav, {**new, **with_prefix("ola", s_ola)}
+        wav, _, new = self.step_with_f0(z, state)
+        return wav, new
 
     def tail(self, state: State) -> torch.Tensor:
         return self.overlap_add.tail(substate(state, "ola"))

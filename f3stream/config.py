@@ -64,6 +64,10 @@ class AutoencoderConfig:
     # without it the input level reaches the latents only weakly and reconstructions come
     # out at a compressed level (loud input much too quiet). False keeps older checkpoints.
     level_feature: bool = False
+    # A source-filter head in the decoder: it predicts each STFT frame's pitch, an oscillator
+    # renders the harmonics (``f3stream.harmonic``) and per-bin complex gains, relative to the
+    # decoder's own magnitudes, add them to its spectrum. False keeps older checkpoints.
+    harmonic_source: bool = False
     # Noise-regularised bottleneck (F3 Eq. 1-2). ``normalize=False, noise_gamma=0`` is a plain AE.
     normalize_latents: bool = True
     noise_gamma: float = 1.0

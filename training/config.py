@@ -41,6 +41,7 @@ class StageConfig:
     complex_weight: float = 0.0         # compressed complex-spectrum (phase-aware) loss
     band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
     level_weight: float = 0.0           # log total-power loss (the RMS level)
+    pitch_weight: float = 1.0           # the harmonic source's pitch head (octaves, voiced frames)
     # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's
     # ``noise_gamma`` over ``noise_ramp_steps`` (0: the model's gamma from the first step).
     noise_gamma_start: float = 0.0

@@ -1,10 +1,12 @@
-"""Grow a stage-0 training checkpoint into a model with more decoder ConvNeXt blocks.
+"""Grow a stage-0 training checkpoint into a model with more decoder ConvNeXt blocks and/or a
+harmonic source (``harmonic_source``: the decoder's pitch head and harmonic gains).
 
 Why: the decoder's 100 Hz stage (``conv_channels`` wide) is the cheap part of a step (the
 losses and the 25 Hz transformers cost far more), so depth there buys capacity for little
-time. The new blocks are appended after the trained ones with their layer scale at zero, so
-the grown model computes exactly what the old one did and training continues from there; the
-optimizer keeps its moments for every old parameter (matched by name, not by position).
+time. The new blocks are appended after the trained ones with their layer scale at zero, and
+the harmonic gains start at zero, so the grown model computes exactly what the old one did and
+training continues from there; the optimizer keeps its moments for every old parameter
+(matched by name, not by position).
 
     python -m training.grow --from runs/long --config training/configs/NEW.json --out runs/NEW
     python -m training.train autoencoder --config training/configs/NEW.json --out runs/NEW --resume
@@ -34,6 +36,9 @@ def grow(src: Path, old_cfg: TrainConfig, new_cfg: TrainConfig, out: Path) -> Pa
     n_old, n_new = old_ae.decoder_conv_blocks, new_ae.decoder_conv_blocks
     if n_new < n_old:
         raise SystemExit(f"cannot shrink the decoder from {n_old} to {n_new} blocks")
+    if old_ae.harmonic_source and not new_ae.harmonic_source:
+        raise SystemExit("cannot remove the harmonic source")
+    added_harmonic = new_ae.harmonic_source and not old_ae.harmonic_source
     ck = latest_checkpoint(src / "autoencoder")
     if ck is None:
         raise SystemExit(f"no stage-0 checkpoint under {src}/autoencoder")
@@ -44,8 +49,10 @@ def grow(src: Path, old_cfg: TrainConfig, new_cfg: TrainConfig, out: Path) -> Pa
     new, new_ema = F3Model(new_cfg.model), F3Model(new_cfg.model)
     for dst, srcm in ((new, old), (new_ema, old_ema)):
         missing, unexpected = dst.load_state_dict(srcm.state_dict(), strict=False)
-        grown = {k for k in missing if k.startswith("decoder.convs.layers.")
-                 and int(k.split(".")[3]) >= n_old}
+        grown = {k for k in missing if (k.startswith("decoder.convs.layers.")
+                                         and int(k.split(".")[3]) >= n_old)
+                 or (added_harmonic and k.startswith(("decoder.pitch.",
+                                                      "decoder.harmonic_proj.")))}
         if set(missing) - grown or unexpected:
             raise SystemExit(f"checkpoint does not match: missing {sorted(set(missing) - grown)}"
                              f", unexpected {sorted(unexpected)}")
@@ -59,7 +66,8 @@ def grow(src: Path, old_cfg: TrainConfig, new_cfg: TrainConfig, out: Path) -> Pa
         if n in by_name:
             new_opt.state[p] = {k: v.clone() if torch.is_tensor(v) else v
                                 for k, v in by_name[n].items()}
-    extra = dict(meta.get("extra", {}), grown_from=str(ck), decoder_conv_blocks=[n_old, n_new])
+    extra = dict(meta.get("extra", {}), grown_from=str(ck), decoder_conv_blocks=[n_old, n_new],
+                 harmonic_source=[old_ae.harmonic_source, new_ae.harmonic_source])
     return save_training_state(out / "autoencoder", meta["step"],
                                {"model": new, "ema": new_ema}, {"generator": new_opt}, extra)
 

@@ -32,6 +32,7 @@ from .config import StageConfig, TrainConfig
 from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                              generator_adversarial_losses, same_gain_to_reference)
 from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
+from .pitch import pitch_loss, yin_pitch
 from .representation_stage import train_representation
 from .segments import LevelAugmentation, PackedSegmentSource, SegmentSource
 
@@ -45,12 +46,14 @@ class AutoencoderPart(nn.Module):
         self.encoder, self.bottleneck, self.decoder = model.encoder, model.bottleneck, model.decoder
         self.delay = model.cfg.autoencoder.decoder_delay
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        """Waveform in, reconstruction out (float32, aligned with the input)."""
+    def forward(self, wav: torch.Tensor, with_f0: bool = False):
+        """Waveform in, reconstruction out (float32, aligned with the input); with ``with_f0``
+        also the decoder's f0 per STFT frame (None without a harmonic source)."""
         b = wav.shape[0]
         z = self.bottleneck(self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0])
-        y, state = self.decoder.step(z, self.decoder.init_state(b, wav.device))
-        return align_decoded(y, self.decoder.tail(state), self.delay)
+        y, f0, state = self.decoder.step_with_f0(z, self.decoder.init_state(b, wav.device))
+        y = align_decoded(y, self.decoder.tail(state), self.delay)
+        return (y, f0) if with_f0 else y
 
 
 def load_sources(cfg: TrainConfig, stage: StageConfig, with_text: bool = False):
@@ -181,11 +184,17 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         ae.bottleneck.noise_gamma = noise_gamma_at(step, stage, final_gamma)
         ae.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16):
-            y = net(x)
+            y, f0 = net(x, with_f0=True)
         y = y.float()
         mr, mel, cx, be, lv = recon_losses(y, x, band)
         loss = (stage.mrstft_weight * mr + stage.mel_weight * mel
                 + stage.complex_weight * cx + stage.band_weight * be + stage.level_weight * lv)
+        pl = torch.zeros((), device=device)
+        if f0 is not None:
+            target, voiced = yin_pitch(x, cfg.model.autoencoder.sample_rate,
+                                       cfg.model.autoencoder.stft_hop, f0.shape[1])
+            pl = pitch_loss(f0, target, voiced)
+            loss = loss + stage.pitch_weight * pl
         adv = fm = d_loss = torch.zeros((), device=device)
         if use_disc and step >= stage.discriminator_start:
             xc, yc = same_gain_to_reference(*aligned_crops(
@@ -210,6 +219,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                    "grad_norm": f"{grad.item():.4f}", "lr": f"{lr:.3e}",
                    "sec_per_step": f"{(time.time() - t0) / max(1, done - start):.3f}",
                    "val_mel": "", "band": f"{be.item():.5f}", "level": f"{lv.item():.5f}"}
+            if f0 is not None:
+                row["pitch"] = f"{pl.item():.5f}"
             if done % stage.eval_every == 0 or done == stage.steps:
                 ae.eval()
                 with torch.no_grad():

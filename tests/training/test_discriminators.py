@@ -115,7 +115,10 @@ def test_a_discriminator_joins_a_run_that_had_none(tmp_path, capsys):
     assert meta["fresh"] == []                    # saved with the run from then on
 
 
-def test_grow_adds_decoder_blocks_without_changing_the_output(tmp_path):
+@pytest.mark.parametrize("change", ["blocks", "harmonic"])
+def test_grow_adds_decoder_parts_without_changing_the_output(tmp_path, change):
+    """More ConvNeXt blocks, or a harmonic source: the grown model computes what the old one
+    did, and training the grown run moves the new parameters."""
     from training.grow import grow
     from training.train import train_autoencoder
 
@@ -126,8 +129,9 @@ def test_grow_adds_decoder_blocks_without_changing_the_output(tmp_path):
     big.manifest = cfg.manifest
     big.autoencoder = cfg.autoencoder
     n = cfg.model.autoencoder.decoder_conv_blocks
-    big.model = replace(cfg.model, autoencoder=replace(cfg.model.autoencoder,
-                                                       decoder_conv_blocks=n + 2))
+    grown = ({"decoder_conv_blocks": n + 2} if change == "blocks"
+             else {"harmonic_source": True})
+    big.model = replace(cfg.model, autoencoder=replace(cfg.model.autoencoder, **grown))
     path = grow(tmp_path / "small", cfg, big, tmp_path / "big")
     models = {}
     for name, c, ck in (("small", cfg, latest_checkpoint(tmp_path / "small/autoencoder")),
@@ -135,14 +139,22 @@ def test_grow_adds_decoder_blocks_without_changing_the_output(tmp_path):
         m = F3Model(c.model)
         load_training_state(ck, {"ema": m}, {})
         models[name] = m.eval()
-    assert len(models["big"].decoder.convs.layers) == n + 2
     x = torch.randn(1, 9600) * 0.1
     with torch.no_grad():
         torch.testing.assert_close(models["big"](x)[1], models["small"](x)[1], rtol=0, atol=0)
-    # the grown run resumes and trains the new blocks
+    # the grown run resumes and trains the new parts
     big.autoencoder = replace(big.autoencoder, steps=4)
     model = train_autoencoder(big, tmp_path / "big", resume=True)
-    assert model.decoder.convs.layers[n].gamma.abs().sum() > 0
+    if change == "blocks":
+        assert len(models["big"].decoder.convs.layers) == n + 2
+        assert model.decoder.convs.layers[n].gamma.abs().sum() > 0
+    else:
+        assert model.decoder.harmonic_proj.weight.abs().sum() > 0
+        header, *rows = (tmp_path / "big/autoencoder/log.csv").read_text().splitlines()
+        last = dict(zip(header.split(","), rows[-1].split(",")))
+        assert int(last["step"]) == 4 and float(last["pitch"]) > 0
+    with pytest.raises(SystemExit, match="cannot"):    # nothing is ever taken away
+        grow(tmp_path / "big", big, cfg, tmp_path / "back")
 
 
 def test_same_gain_brings_the_real_crop_to_the_reference_level():

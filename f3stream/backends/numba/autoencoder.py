@@ -12,6 +12,7 @@ from numba import njit
 
 from ...autoencoder import AudioDecoder, AudioEncoder
 from ...errors import F3StreamError
+from .harmonic import HarmonicHeadWeights, decoder_frames
 from .nn import LayerNorm, Linear, layer_norm, linear
 from .streaming.attention import transformer_stack
 from .streaming.conv import causal_convnext_stack
@@ -153,41 +154,32 @@ class AudioDecoderWeights(NamedTuple):
     max_log_magnitude: np.float32
     basis: np.ndarray          # [2F, n_fft] inverse DFT (with the window)
     overlap_add: OverlapAddWeights
+    harmonic: Any              # HarmonicHeadWeights, or None without a harmonic source
 
     @classmethod
     def from_torch(cls, m: AudioDecoder, read: Reader) -> "AudioDecoderWeights":
+        harmonic = (None if m.harmonic is None else
+                    HarmonicHeadWeights(read(m.pitch), read(m.harmonic_proj), read(m.harmonic)))
         return cls(read(m.input_proj), read(m.transformer), m.cfg.stft_frames_per_latent,
                    read(m.ungroup_proj), read(m.convs), read(m.out_norm), read(m.out_proj),
-                   np.float32(m.MAX_LOG_MAGNITUDE), f32(m.basis), read(m.overlap_add))
+                   np.float32(m.MAX_LOG_MAGNITUDE), f32(m.basis), read(m.overlap_add),
+                   harmonic)
 
 
 class AudioDecoderState(NamedTuple):
     transformer: Any
     convs: Any
     ola: Any
+    harmonic: Any              # HarmonicSourceState, or None without a harmonic source
+
+    @classmethod
+    def absent(cls, m: AudioDecoder, key: str) -> None:
+        """A decoder without a harmonic source has no oscillator state."""
+        return None
 
 
 MIRRORS = {AudioEncoder: Mirror(AudioEncoderWeights, AudioEncoderState),
            AudioDecoder: Mirror(AudioDecoderWeights, AudioDecoderState)}
-
-
-@njit(cache=True, nogil=True)
-def inverse_spectrum(out, basis, max_log_mag):
-    """The end of :meth:`AudioDecoder.spectrum` and its inverse DFT: log-magnitude/phase
-    ``out [N, 2F]`` -> ``[N, n_fft]`` windowed frames."""
-    n_rows, two_f = out.shape
-    nb = two_f // 2
-    spec = np.empty((n_rows, two_f), np.float32)
-    for i in range(n_rows):
-        for k in range(nb):
-            lm = out[i, k]
-            if lm > max_log_mag:
-                lm = max_log_mag
-            mag = np.float32(math.exp(lm))
-            ph = out[i, nb + k]
-            spec[i, k] = mag * np.float32(math.cos(ph))
-            spec[i, nb + k] = mag * np.float32(math.sin(ph))
-    return np.dot(spec, basis)
 
 
 @njit(cache=True, nogil=True)
@@ -202,7 +194,8 @@ def audio_decoder(z2, bsz, s, rows, plan, w):
     h = linear(h.reshape(bsz * t_len, h.shape[2]), w.ungroup_proj, plan)
     h = causal_convnext_stack(h.reshape(bsz, t_len * group, h.shape[1] // group), s.convs,
                               rows, plan, w.convs)
-    out = linear(layer_norm(h.reshape(bsz * t_len * group, h.shape[2]), w.out_norm),
-                 w.out_proj, plan)
-    return overlap_add(inverse_spectrum(out, w.basis, w.max_log_magnitude), s.ola, rows,
-                       w.overlap_add)
+    hn = layer_norm(h.reshape(bsz * t_len * group, h.shape[2]), w.out_norm)
+    out = linear(hn, w.out_proj, plan)
+    frames = decoder_frames(out, hn, z2, bsz, s.harmonic, rows, plan, w.harmonic, w.basis,
+                            w.max_log_magnitude)
+    return overlap_add(frames, s.ola, rows, w.overlap_add)

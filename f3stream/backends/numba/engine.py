@@ -24,7 +24,7 @@ from numba import njit
 from ...errors import F3StreamError
 from ...model import F3Model
 from ..base import NumpyStateEngine, State
-from . import autoencoder, bottleneck, nn, representation
+from . import autoencoder, bottleneck, harmonic, nn, representation
 from .autoencoder import AudioDecoderWeights, AudioEncoderWeights, audio_decoder, audio_encoder
 from .bottleneck import NoiseBottleneckWeights, noise_bottleneck
 from .nn import gemm_plan
@@ -49,6 +49,7 @@ MIRRORS: dict[type, Mirror] = {
     **conv.MIRRORS,             # CausalConv1d, CausalConvNeXtBlock
     **attention.MIRRORS,        # SlidingWindowAttention, TransformerLayer
     **autoencoder.MIRRORS,      # AudioEncoder, AudioDecoder
+    **harmonic.MIRRORS,         # PitchHead, HarmonicSource
     **bottleneck.MIRRORS,       # NoiseBottleneck
     **representation.MIRRORS,   # RepresentationEncoder
     F3Model: Mirror(F3ModelWeights),

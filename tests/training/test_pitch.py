@@ -1,0 +1,50 @@
+"""The YIN pitch targets of the harmonic source's pitch head."""
+
+import math
+
+import pytest
+import torch
+
+from training.pitch import pitch_loss, yin_pitch
+
+SR = 24000
+
+
+def _voice(f0_hz, seconds=1.0, harmonics=12, level=0.1):
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    phase = 2 * math.pi * torch.cumsum(torch.as_tensor(f0_hz, dtype=torch.float64)
+                                       .expand_as(t) / SR, 0)
+    x = sum(torch.sin(k * phase) / k for k in range(1, harmonics + 1))
+    return (level * x).float()
+
+
+@pytest.mark.parametrize("f0", [70.0, 118.0, 220.0, 410.0])
+def test_steady_voice_is_voiced_at_its_pitch(f0):
+    est, voiced = yin_pitch(_voice(f0)[None], SR, 240)
+    inner = slice(5, -5)
+    assert voiced[0, inner].all()
+    assert (est[0, inner] / f0 - 1).abs().max() < 0.01
+
+
+def test_gliding_pitch_is_followed_and_silence_and_noise_are_unvoiced():
+    t = torch.arange(SR, dtype=torch.float64) / SR
+    glide = _voice(120 + 80 * t)                      # 120 -> 200 Hz over a second
+    est, voiced = yin_pitch(glide[None], SR, 240)
+    centre = (torch.arange(100) * 240 + 120) / SR
+    ok = voiced[0, 5:-5]
+    assert ok.all()
+    assert ((est[0, 5:-5] / (120 + 80 * centre[5:-5]) - 1).abs().max()) < 0.02
+    quiet = torch.zeros(1, SR)
+    assert not yin_pitch(quiet, SR, 240)[1].any()
+    noise = torch.randn(1, SR, generator=torch.Generator().manual_seed(0)) * 0.1
+    assert yin_pitch(noise, SR, 240)[1].float().mean() < 0.05
+
+
+def test_frame_count_and_pitch_loss():
+    x = _voice(200.0)[None].repeat(2, 1)
+    est, voiced = yin_pitch(x, SR, 240, n_frames=90)
+    assert est.shape == voiced.shape == (2, 90)
+    assert pitch_loss(est, est, voiced) == 0
+    octave_up = pitch_loss(2 * est, est, voiced)
+    assert octave_up.item() == pytest.approx(1.0)         # measured in octaves
+    assert pitch_loss(est, est, torch.zeros_like(voiced)) == 0
