@@ -15,6 +15,10 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   deviation ``alpha`` (the bottleneck's own perturbation, at inference). When a large
   ``alpha`` costs little, the decoder does not use the latents' fine detail: the information
   it relies on sits above that noise level.
+* **Periodicity.** A YIN pitch tracker (``training.pitch``) on input and reconstruction: the
+  share of 10 ms frames voiced (periodic) in each, and of the input's voiced frames the share
+  the reconstruction keeps voiced at the same pitch (within 5 %). A decoder that renders
+  voiced speech as shaped noise keeps the envelope (and much of STOI) but not the pitch.
 """
 
 from __future__ import annotations
@@ -58,6 +62,26 @@ def swapped(wav: np.ndarray, rec: np.ndarray, seed: int = 0) -> dict[str, np.nda
             "input_magnitude_random_phase": _istft(a.abs() * torch.exp(1j * rand), wav.size)}
 
 
+PITCH_TOLERANCE_OCTAVES = 0.07  # ~5 %
+
+
+def periodicity(wav: np.ndarray, rec: np.ndarray, sample_rate: int) -> dict[str, int]:
+    """Frame counts: ``frames``, ``input_voiced``, ``reconstruction_voiced`` and
+    ``pitch_kept`` (voiced in both, pitches within ``PITCH_TOLERANCE_OCTAVES``)."""
+    import torch
+
+    from .pitch import yin_pitch
+
+    hop = sample_rate // 100
+    n = wav.size // hop
+    fx, vx = yin_pitch(torch.from_numpy(wav)[None], sample_rate, hop, n)
+    fy, vy = yin_pitch(torch.from_numpy(rec[:wav.size])[None], sample_rate, hop, n)
+    both = vx & vy
+    ratio = torch.log2(fy.clamp_min(1.0) / fx.clamp_min(1.0)).abs()
+    return {"frames": n, "input_voiced": int(vx.sum()), "reconstruction_voiced": int(vy.sum()),
+            "pitch_kept": int((both & (ratio < PITCH_TOLERANCE_OCTAVES)).sum())}
+
+
 def clips_per_source(manifest: str, split: str, per_source: int, seed: int = 0):
     """Up to ``per_source`` clips of each source of the split, in a seeded order, and the
     count per source: the held-out clips both diagnostics score."""
@@ -96,6 +120,7 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
     chosen, count = clips_per_source(manifest, split, per_source, seed)
     rng = np.random.default_rng(seed)
     scores: dict[str, dict[str, list]] = {}
+    counts: dict[str, int] = {}
 
     def add(key: str, metric: str, value) -> None:
         scores.setdefault(key, {}).setdefault(metric, []).append(value)
@@ -106,6 +131,8 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
             wav, _ = load_audio(clip.path, sr)
         z = tok.tokenize(wav, representations=False).latents
         rec = tok.decode(z)[:wav.size].astype(np.float32)
+        for key, value in periodicity(wav, rec, sr).items():
+            counts[key] = counts.get(key, 0) + value
         for key, y in swapped(wav, rec, seed).items():
             add(key, "stoi", stoi(wav, y, sr))
             add(key, "pesq_wb", pesq_wb(wav, y, sr))
@@ -120,7 +147,15 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
     return {"checkpoint": checkpoint or "bundled", "manifest": manifest, "split": split,
             "clips": len(chosen), "per_source": count,
             "swap_stft": {"n_fft": SWAP_N_FFT, "hop": SWAP_HOP},
-            "mean": {k: {m: mean(v) for m, v in d.items()} for k, d in scores.items()}}
+            "mean": {k: {m: mean(v) for m, v in d.items()} for k, d in scores.items()},
+            "periodicity": {
+                "frames": counts.get("frames", 0),
+                "input_voiced_share": round(counts.get("input_voiced", 0)
+                                            / max(1, counts.get("frames", 0)), 4),
+                "reconstruction_voiced_share": round(counts.get("reconstruction_voiced", 0)
+                                                     / max(1, counts.get("frames", 0)), 4),
+                "pitch_kept_share_of_input_voiced": round(
+                    counts.get("pitch_kept", 0) / max(1, counts.get("input_voiced", 0)), 4)}}
 
 
 def main(argv: list[str] | None = None) -> int:

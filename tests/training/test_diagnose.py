@@ -3,7 +3,7 @@ they claim."""
 
 import numpy as np
 
-from training.diagnose_decoder import swapped
+from training.diagnose_decoder import periodicity, swapped
 
 
 def test_swaps_of_a_perfect_reconstruction_give_the_input_back():
@@ -95,3 +95,20 @@ def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="LABEL@"):
         load_series(["a@x=somewhere"])
+
+
+def test_periodicity_counts_kept_pitch_and_shaped_noise():
+    t = np.arange(24000) / 24000
+
+    def harmonic(f0):
+        return (0.1 * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 8))
+                ).astype(np.float32)
+    voice = harmonic(150.0)
+    same = periodicity(voice, voice.copy(), 24000)
+    assert same["frames"] == 100 and same["input_voiced"] > 90
+    assert same["pitch_kept"] == same["input_voiced"] == same["reconstruction_voiced"]
+    octave = periodicity(voice, harmonic(300.0), 24000)
+    assert octave["reconstruction_voiced"] > 90 and octave["pitch_kept"] == 0
+    noise = (0.1 * np.random.default_rng(0).standard_normal(24000)).astype(np.float32)
+    shaped = periodicity(voice, noise, 24000)
+    assert shaped["reconstruction_voiced"] < 5 and shaped["pitch_kept"] < 5
