@@ -58,6 +58,23 @@ def toks(tiny_model, tmp_path_factory):
             for name, b in REGISTRY.items() if b.installed()}
 
 
+@pytest.fixture(scope="module")
+def harmonic_toks(tiny_config, tmp_path_factory):
+    """:func:`toks` for a decoder with the harmonic source, its gains and pitch head set so
+    that the pitch moves and the harmonics are loud."""
+    from dataclasses import replace
+    cfg = replace(tiny_config, autoencoder=replace(tiny_config.autoencoder,
+                                                   harmonic_source=True))
+    torch.manual_seed(8)
+    model = F3Model(cfg).eval()
+    with torch.no_grad():
+        model.decoder.harmonic_proj.weight.normal_(0, 0.2)
+        model.decoder.pitch.out.weight.normal_(0, 0.05)
+    return {name: Tokenizer(model, {}, "cpu", name,
+                            **engine_options(name, tmp_path_factory.mktemp("h" + name)))
+            for name, b in REGISTRY.items() if b.installed()}
+
+
 def maxdiff(a, b):
     return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
@@ -119,28 +136,20 @@ def test_level_feature_parity_and_streaming(tiny_config, tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_harmonic_source_parity_and_streaming(tiny_config, tmp_path, backend):
+def test_harmonic_source_parity_and_streaming(harmonic_toks, tiny_config, tmp_path, backend):
     """A decoder with the harmonic source (pitch head, integer-phase oscillator, gains)
     decodes the same on every engine, offline and frame by frame, with a pitch that moves."""
-    from dataclasses import replace
-    cfg = replace(tiny_config, autoencoder=replace(tiny_config.autoencoder,
-                                                   harmonic_source=True))
-    torch.manual_seed(8)
-    model = F3Model(cfg).eval()
-    with torch.no_grad():
-        model.decoder.harmonic_proj.weight.normal_(0, 0.2)
-        model.decoder.pitch.out.weight.normal_(0, 0.05)
-    ref_tok = Tokenizer(model, {}, "cpu", "torch")
-    tok = Tokenizer(model, {}, "cpu", backend, **engine_options(backend, tmp_path))
+    ref_tok, tok = harmonic_toks["torch"], harmonic_toks[backend]
     z = ref_tok.encode(noise(3.1, 4))
-    f0 = model.decoder.pitch(torch.from_numpy(z)[None])
+    f0 = ref_tok.model.decoder.pitch(torch.from_numpy(z)[None])
     assert f0.max() - f0.min() > 20
     y_ref = ref_tok.decode(z)
     assert maxdiff(tok.decode(z), y_ref) <= TOL
     assert maxdiff(decode_stream(tok, z, [1] * 20 + [3, 7]), y_ref) <= TOL
+    assert "harmonic.phase" in tok.engine.init_decode_state(1)
     plain = Tokenizer(F3Model(tiny_config).eval(), {}, "cpu", backend,
                       **engine_options(backend, tmp_path / "plain"))
-    assert "decoder.harmonic.phase" not in plain.engine.init_decode_state(1)
+    assert "harmonic.phase" not in plain.engine.init_decode_state(1)
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
@@ -555,11 +564,12 @@ def test_gemm_plan_is_measured_with_one_blas_thread(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_pooled_decoder_sessions_equal_private_sessions(toks, backend):
+@pytest.mark.parametrize("decoder", ["plain", "harmonic"])
+def test_pooled_decoder_sessions_equal_private_sessions(request, backend, decoder):
     """Batched decoding of decoder sessions that share a pool (changing subsets, uneven chunk
     lengths, a reset and a reused row) gives what private sessions give, and flush tails
-    match."""
-    tok = toks[backend]
+    match; with the harmonic source too (its oscillator phase is per row)."""
+    tok = request.getfixturevalue("toks" if decoder == "plain" else "harmonic_toks")[backend]
     fresh = tok.engine.init_decode_state(2)
     assert all(not np.asarray(v).any() for v in fresh.values())  # zeroed rows == fresh
     zs = [tok.encode(noise(1.2, 30 + i)) for i in range(3)]
