@@ -46,9 +46,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Config fields added after checkpoints carried a digest: at these values (their defaults,
+# which keep the older behaviour) they are left out of the digest, so the checkpoints saved
+# before the field existed still verify.
+DIGEST_OMITS_AT_DEFAULT: dict[tuple[str, str], Any] = {("autoencoder", "harmonic_source"): False}
+
+
 def config_digest(cfg: TokenizerConfig) -> str:
-    """SHA-256 of the model config's canonical JSON."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    """SHA-256 of the model config's canonical JSON (less the fields of
+    :data:`DIGEST_OMITS_AT_DEFAULT` at their defaults)."""
+    data = cfg.to_dict()
+    for (section, key), default in DIGEST_OMITS_AT_DEFAULT.items():
+        if data[section].get(key) == default:
+            del data[section][key]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def save_checkpoint(model: torch.nn.Module, cfg: TokenizerConfig, path: str | os.PathLike,

@@ -494,3 +494,23 @@ def test_write_audio_is_atomic_and_clips(tmp_path):
     with pytest.raises(ValueError, match="Unknown format"):
         write_audio(tmp_path / "out.notaformat", np.zeros(10, np.float32), SR)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
+
+
+def test_config_fields_added_later_keep_older_digests():
+    """A field added to the config after checkpoints carried a digest does not change the
+    digest at its default (the bundled checkpoint was saved before ``harmonic_source``), and
+    does at any other value."""
+    import hashlib
+    import json
+    from dataclasses import replace
+
+    from f3stream.checkpoint import config_digest
+    from f3stream.config import TokenizerConfig
+
+    cfg = TokenizerConfig()
+    old = cfg.to_dict()
+    del old["autoencoder"]["harmonic_source"]
+    assert config_digest(cfg) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()
+                                                ).hexdigest()
+    harmonic = replace(cfg, autoencoder=replace(cfg.autoencoder, harmonic_source=True))
+    assert config_digest(harmonic) != config_digest(cfg)
