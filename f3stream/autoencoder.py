@@ -132,14 +132,16 @@ class AudioDecoder(StreamingModule):
             children["harmonic"] = self.harmonic
         return children
 
-    def spectrum(self, z: torch.Tensor, state: State
+    def spectrum(self, z: torch.Tensor, state: State, oscillator_f0: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """Latents -> (``[B, 4T, 2F]`` complex spectrum as ``[real, imag]``, the pitch head's
         ``[B, 4T]`` f0 in Hz or None without a harmonic source, new state).
 
         With the harmonic source the spectrum is ``M (e^{j phi} + g E)``: ``M e^{j phi}`` the
         decoder's own, ``E`` the excitation's DFT and ``g`` a complex gain per bin, relative
-        to ``M`` so that the level stays where the magnitudes put it."""
+        to ``M`` so that the level stays where the magnitudes put it. ``oscillator_f0``
+        (training and diagnostics only: a measured pitch, ``[B, 4T]`` Hz, 0 where the pitch
+        head's own is to be used) drives the oscillator instead of the pitch head."""
         h, s_tr = self.transformer.step(self.input_proj(z), substate(state, "transformer"))
         b, t, _ = h.shape
         h = self.ungroup_proj(h).reshape(b, t * self.cfg.stft_frames_per_latent, -1)
@@ -152,7 +154,9 @@ class AudioDecoder(StreamingModule):
         f0 = None
         if self.harmonic is not None:
             f0 = self.pitch(z)
-            exc, s_h = self.harmonic.step(f0, substate(state, "harmonic"))
+            drive = f0 if oscillator_f0 is None else torch.where(oscillator_f0 > 0,
+                                                                   oscillator_f0.to(f0), f0)
+            exc, s_h = self.harmonic.step(drive, substate(state, "harmonic"))
             e_re, e_im = exc.chunk(2, dim=-1)
             g_re, g_im = self.harmonic_proj(h).chunk(2, dim=-1)
             re = re + g_re * e_re - g_im * e_im
@@ -160,10 +164,12 @@ class AudioDecoder(StreamingModule):
             new.update(with_prefix("harmonic", s_h))
         return torch.cat([mag * re, mag * im], dim=-1), f0, new
 
-    def step_with_f0(self, z: torch.Tensor, state: State
+    def step_with_f0(self, z: torch.Tensor, state: State,
+                     oscillator_f0: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
-        """:meth:`step` that also returns the pitch head's f0 (for its training loss)."""
-        spec, f0, new = self.spectrum(z, state)
+        """:meth:`step` that also returns the pitch head's f0 (for its training loss), and
+        takes :meth:`spectrum`'s ``oscillator_f0``."""
+        spec, f0, new = self.spectrum(z, state, oscillator_f0)
         wav, s_ola = self.overlap_add.step(spec @ self.basis, substate(state, "ola"))
         return wav, f0, {**new, **with_prefix("ola", s_ola)}
 

@@ -42,6 +42,9 @@ class StageConfig:
     band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
     level_weight: float = 0.0           # log total-power loss (the RMS level)
     pitch_weight: float = 1.0           # the harmonic source's pitch head (octaves, voiced frames)
+    # Share of the items whose oscillator runs at the measured (YIN) pitch where voiced,
+    # instead of the pitch head's: the harmonic gains learn before the pitch head is right.
+    pitch_teacher_forcing: float = 0.0
     # Noise schedule: gamma ramps linearly from ``noise_gamma_start`` to the model's
     # ``noise_gamma`` over ``noise_ramp_steps`` (0: the model's gamma from the first step).
     noise_gamma_start: float = 0.0

@@ -46,12 +46,16 @@ class AutoencoderPart(nn.Module):
         self.encoder, self.bottleneck, self.decoder = model.encoder, model.bottleneck, model.decoder
         self.delay = model.cfg.autoencoder.decoder_delay
 
-    def forward(self, wav: torch.Tensor, with_f0: bool = False):
+    def forward(self, wav: torch.Tensor, with_f0: bool = False,
+                oscillator_f0: torch.Tensor | None = None):
         """Waveform in, reconstruction out (float32, aligned with the input); with ``with_f0``
-        also the decoder's f0 per STFT frame (None without a harmonic source)."""
+        also the decoder's f0 per STFT frame (None without a harmonic source).
+        ``oscillator_f0``: a measured pitch that drives the harmonic source where it is > 0
+        (teacher forcing, see ``StageConfig.pitch_teacher_forcing``)."""
         b = wav.shape[0]
         z = self.bottleneck(self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0])
-        y, f0, state = self.decoder.step_with_f0(z, self.decoder.init_state(b, wav.device))
+        y, f0, state = self.decoder.step_with_f0(z, self.decoder.init_state(b, wav.device),
+                                                 oscillator_f0)
         y = align_decoded(y, self.decoder.tail(state), self.delay)
         return (y, f0) if with_f0 else y
 
@@ -167,6 +171,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         lv = level_loss(*mags[BAND_RESOLUTION], band, cfg.model.autoencoder.sample_rate)
         return mr, logmel.loss(y, x, band, mags), cx, be, lv
 
+    harmonic = cfg.model.autoencoder.harmonic_source
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="autoencoder",
                disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("CI") == "true")
@@ -183,16 +188,23 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         band = band.to(device) if band is not None else None
         ae.bottleneck.noise_gamma = noise_gamma_at(step, stage, final_gamma)
         ae.train()
+        target = voiced = forced = None
+        if harmonic:
+            target, voiced = yin_pitch(x, cfg.model.autoencoder.sample_rate,
+                                       cfg.model.autoencoder.stft_hop,
+                                       x.shape[1] // cfg.model.autoencoder.stft_hop)
+            if stage.pitch_teacher_forcing > 0:
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                items = torch.rand(x.shape[0], 1, generator=g) < stage.pitch_teacher_forcing
+                forced = torch.where(items.to(device), target, torch.zeros_like(target))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16):
-            y, f0 = net(x, with_f0=True)
+            y, f0 = net(x, with_f0=True, oscillator_f0=forced)
         y = y.float()
         mr, mel, cx, be, lv = recon_losses(y, x, band)
         loss = (stage.mrstft_weight * mr + stage.mel_weight * mel
                 + stage.complex_weight * cx + stage.band_weight * be + stage.level_weight * lv)
         pl = torch.zeros((), device=device)
         if f0 is not None:
-            target, voiced = yin_pitch(x, cfg.model.autoencoder.sample_rate,
-                                       cfg.model.autoencoder.stft_hop, f0.shape[1])
             pl = pitch_loss(f0, target, voiced)
             loss = loss + stage.pitch_weight * pl
         adv = fm = d_loss = torch.zeros((), device=device)

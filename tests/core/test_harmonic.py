@@ -114,3 +114,19 @@ def test_harmonic_decoder_streams_as_it_decodes_offline(tiny_config):
 
 def test_config_default_keeps_older_checkpoints():
     assert AutoencoderConfig().harmonic_source is False
+
+
+def test_a_measured_pitch_drives_the_oscillator_where_it_is_given(tiny_config):
+    """Teacher forcing: ``oscillator_f0`` > 0 replaces the pitch head's f0 in the oscillator
+    (frames at 0 keep the head's); the returned f0 is still the head's (for its loss)."""
+    _, harm = _decoders(tiny_config)
+    with torch.no_grad():
+        harm.harmonic_proj.bias.zero_()[:harm.harmonic_proj.out_features // 2] = 1.0
+        z = torch.randn(1, 6, tiny_config.autoencoder.latent_dim)
+        own, f0, _ = harm.step_with_f0(z, harm.init_state(1))
+        zeros = torch.zeros_like(f0)
+        same, f0_b, _ = harm.step_with_f0(z, harm.init_state(1), zeros)
+        forced, f0_c, _ = harm.step_with_f0(z, harm.init_state(1), zeros + 220.0)
+    torch.testing.assert_close(same, own, rtol=0, atol=0)
+    assert torch.equal(f0, f0_b) and torch.equal(f0, f0_c)
+    assert (forced - own).abs().max() > 1e-3
