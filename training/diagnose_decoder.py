@@ -19,6 +19,9 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   share of 10 ms frames voiced (periodic) in each, and of the input's voiced frames the share
   the reconstruction keeps voiced at the same pitch (within 5 %). A decoder that renders
   voiced speech as shaped noise keeps the envelope (and much of STOI) but not the pitch.
+* **Oracle pitch** (checkpoints with a harmonic source only): the same latents decoded with
+  the oscillator driven by the input's own YIN pitch where it is voiced: what the harmonic
+  source gives once its pitch head is right.
 """
 
 from __future__ import annotations
@@ -82,6 +85,26 @@ def periodicity(wav: np.ndarray, rec: np.ndarray, sample_rate: int) -> dict[str,
             "pitch_kept": int((both & (ratio < PITCH_TOLERANCE_OCTAVES)).sum())}
 
 
+def decode_with_input_pitch(model, z: np.ndarray, wav: np.ndarray) -> np.ndarray:
+    """Latents ``[T, D]`` decoded (torch) with the harmonic source's oscillator at the YIN
+    pitch of ``wav`` where voiced, aligned with ``wav``."""
+    import torch
+
+    from f3stream.alignment import align_decoded
+
+    from .pitch import yin_pitch
+
+    ae = model.cfg.autoencoder
+    zt = torch.from_numpy(np.ascontiguousarray(z))[None]
+    n = zt.shape[1] * ae.stft_frames_per_latent
+    f0, _ = yin_pitch(torch.from_numpy(wav)[None], ae.sample_rate, ae.stft_hop, n)
+    dec = model.decoder
+    with torch.no_grad():
+        y, _, state = dec.step_with_f0(zt, dec.init_state(1), f0)
+        y = align_decoded(y, dec.tail(state), ae.decoder_delay)
+    return y[0, :wav.size].numpy().astype(np.float32)
+
+
 def clips_per_source(manifest: str, split: str, per_source: int, seed: int = 0):
     """Up to ``per_source`` clips of each source of the split, in a seeded order, and the
     count per source: the held-out clips both diagnostics score."""
@@ -133,6 +156,12 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         rec = tok.decode(z)[:wav.size].astype(np.float32)
         for key, value in periodicity(wav, rec, sr).items():
             counts[key] = counts.get(key, 0) + value
+        if tok.config.autoencoder.harmonic_source:
+            oracle = decode_with_input_pitch(tok.model, z, wav)
+            add("oracle_pitch", "stoi", stoi(wav, oracle, sr))
+            add("oracle_pitch", "pesq_wb", pesq_wb(wav, oracle, sr))
+            for key, value in periodicity(wav, oracle, sr).items():
+                counts["oracle_" + key] = counts.get("oracle_" + key, 0) + value
         for key, y in swapped(wav, rec, seed).items():
             add(key, "stoi", stoi(wav, y, sr))
             add(key, "pesq_wb", pesq_wb(wav, y, sr))
@@ -155,7 +184,10 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
                 "reconstruction_voiced_share": round(counts.get("reconstruction_voiced", 0)
                                                      / max(1, counts.get("frames", 0)), 4),
                 "pitch_kept_share_of_input_voiced": round(
-                    counts.get("pitch_kept", 0) / max(1, counts.get("input_voiced", 0)), 4)}}
+                    counts.get("pitch_kept", 0) / max(1, counts.get("input_voiced", 0)), 4),
+                **({"oracle_pitch_kept_share_of_input_voiced": round(
+                    counts["oracle_pitch_kept"] / max(1, counts.get("input_voiced", 0)), 4)}
+                   if "oracle_pitch_kept" in counts else {})}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,30 @@ F0_MAX_HZ = 500.0
 YIN_THRESHOLD = 0.15     # cumulative-mean-normalised difference below this: periodic
 SILENCE_DB = -60.0       # frames quieter than this (dBFS RMS) are unvoiced
 RELATIVE_SILENCE_DB = -40.0  # ... or this far below the item's loudest frame
+# YIN compares the signal with itself a whole number of samples later; strong harmonics at
+# several kHz decorrelate at a fractional period (a flat-spectrum pulse train at 180 Hz was
+# read as 60 Hz, the first integer period), so the tracker listens below this, with a
+# raised-cosine edge of +-LOWPASS_EDGE_HZ.
+LOWPASS_HZ = 1000.0
+LOWPASS_EDGE_HZ = 250.0
+
+
+def lowpass(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """``x [B, L]`` low-passed at ``LOWPASS_HZ`` (zero-phase, by FFT over the whole item)."""
+    n = x.shape[-1]
+    size = 1 << max(1, (2 * n - 1).bit_length())
+    spec = torch.fft.rfft(x, size)
+    freqs = torch.fft.rfftfreq(size, 1.0 / sample_rate).to(x.device)
+    t = ((freqs - (LOWPASS_HZ - LOWPASS_EDGE_HZ)) / (2 * LOWPASS_EDGE_HZ)).clamp(0.0, 1.0)
+    gain = 0.5 + 0.5 * torch.cos(torch.pi * t)
+    return torch.fft.irfft(spec * gain, size)[..., :n]
 
 
 def yin_pitch(x: torch.Tensor, sample_rate: int, hop: int, n_frames: int | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [B, L]`` -> ``(f0 [B, N] in Hz, voiced [B, N] bool)`` for the ``N = L // hop``
     hops (or ``n_frames``). Unvoiced frames have f0 0."""
-    x = x.detach().float()
+    x = lowpass(x.detach().float(), sample_rate)
     b, length = x.shape
     n = length // hop if n_frames is None else n_frames
     tau_min = int(sample_rate / F0_MAX_HZ)

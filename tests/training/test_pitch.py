@@ -48,3 +48,16 @@ def test_frame_count_and_pitch_loss():
     octave_up = pitch_loss(2 * est, est, voiced)
     assert octave_up.item() == pytest.approx(1.0)         # measured in octaves
     assert pitch_loss(est, est, torch.zeros_like(voiced)) == 0
+
+
+def test_a_flat_spectrum_pulse_train_is_read_at_its_period_not_a_multiple():
+    """A band-limited pulse train with every harmonic equally loud up to 11 kHz (what the
+    harmonic source renders) decorrelates at a fractional period: without the tracker's
+    low-pass it was read at a third of its pitch."""
+    from f3stream.harmonic import HarmonicSource
+
+    src = HarmonicSource(SR, 480, 240)
+    wav, _ = src.excitation(torch.full((1, 100), 180.0), torch.zeros(1, 1, dtype=torch.long))
+    est, voiced = yin_pitch(wav, SR, 240)
+    assert voiced[0, 5:-5].all()
+    assert (est[0, 5:-5] / 180.0 - 1).abs().max() < 0.005
