@@ -3,10 +3,11 @@ harmonic source (``harmonic_source``: the decoder's pitch head and harmonic gain
 
 Why: the decoder's 100 Hz stage (``conv_channels`` wide) is the cheap part of a step (the
 losses and the 25 Hz transformers cost far more), so depth there buys capacity for little
-time. The new blocks are appended after the trained ones with their layer scale at zero, and
-the harmonic gains start at zero, so the grown model computes exactly what the old one did and
-training continues from there; the optimizer keeps its moments for every old parameter
-(matched by name, not by position).
+time. The new blocks are appended after the trained ones with their layer scale at zero, so
+the grown model computes exactly what the old one did; a harmonic source starts as a fresh
+decoder's does (its gains at ``AudioDecoder.HARMONIC_GAIN_INIT``: it adds harmonics at once,
+because at zero gains it would not learn). Training continues from there; the optimizer keeps
+its moments for every old parameter (matched by name, not by position).
 
     python -m training.grow --from runs/long --config training/configs/NEW.json --out runs/NEW
     python -m training.train autoencoder --config training/configs/NEW.json --out runs/NEW --resume

@@ -82,15 +82,24 @@ def _decoders(tiny_config):
     return plain, harm
 
 
-def test_zero_gains_leave_the_decoder_unchanged_and_gains_add_harmonics(tiny_config):
+def test_zero_gains_leave_the_decoder_unchanged_and_initial_gains_add_harmonics(tiny_config):
+    """The harmonic part is additive: with its gains at zero the decoder computes what it
+    did without it. The gains start at HARMONIC_GAIN_INIT, not zero (at zero they would not
+    learn: see AudioDecoder), so a fresh harmonic decoder adds harmonics at once."""
+    from f3stream.autoencoder import AudioDecoder
+
     plain, harm = _decoders(tiny_config)
+    n_bins = harm.harmonic_proj.out_features // 2
+    assert AudioDecoder.HARMONIC_GAIN_INIT > 0
+    assert torch.all(harm.harmonic_proj.bias[:n_bins] == AudioDecoder.HARMONIC_GAIN_INIT)
+    assert torch.all(harm.harmonic_proj.bias[n_bins:] == 0)
     z = torch.randn(1, 12, tiny_config.autoencoder.latent_dim)
     with torch.no_grad():
-        torch.testing.assert_close(harm(z), plain(z), rtol=0, atol=0)
-        harm.harmonic_proj.bias.zero_()[:harm.harmonic_proj.out_features // 2] = 1.0
-        nn_out = harm.pitch.out
-        nn_out.bias.fill_(0.0)                   # f0 = sqrt(50 * 500) ~ 158 Hz everywhere
         assert (harm(z) - plain(z)).abs().max() > 1e-3
+        harm.harmonic_proj.bias.zero_()
+        torch.testing.assert_close(harm(z), plain(z), rtol=0, atol=0)
+        harm.harmonic_proj.bias[:n_bins] = 1.0
+        harm.pitch.out.bias.fill_(0.0)           # f0 = sqrt(50 * 500) ~ 158 Hz everywhere
         _, f0, _ = harm.step_with_f0(z, harm.init_state(1))
     torch.testing.assert_close(f0, torch.full_like(f0, math.sqrt(F0_MIN_HZ * F0_MAX_HZ)))
 
@@ -121,7 +130,6 @@ def test_a_measured_pitch_drives_the_oscillator_where_it_is_given(tiny_config):
     (frames at 0 keep the head's); the returned f0 is still the head's (for its loss)."""
     _, harm = _decoders(tiny_config)
     with torch.no_grad():
-        harm.harmonic_proj.bias.zero_()[:harm.harmonic_proj.out_features // 2] = 1.0
         z = torch.randn(1, 6, tiny_config.autoencoder.latent_dim)
         own, f0, _ = harm.step_with_f0(z, harm.init_state(1))
         zeros = torch.zeros_like(f0)
