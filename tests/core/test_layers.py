@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "f3stream.alignment", "f3stream.stats", "f3stream.audio", "f3stream.g711",
         "f3stream.resampling", "f3stream.audiofile", "f3stream.tokens_io", "f3stream.threads")),
     ("model", (
-        "f3stream.streaming", "f3stream.autoencoder", "f3stream.bottleneck",
+        "f3stream.streaming", "f3stream.harmonic", "f3stream.autoencoder", "f3stream.bottleneck",
         "f3stream.representation", "f3stream.model", "f3stream.checkpoint",
         "f3stream.latent_lm")),
     ("engines", ("f3stream.backends",)),
