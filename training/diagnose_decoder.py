@@ -19,7 +19,8 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   share of 10 ms frames voiced (periodic) in each, and of the input's voiced frames the share
   the reconstruction keeps voiced at the same pitch (within 5 %). A decoder that renders
   voiced speech as shaped noise keeps the envelope (and much of STOI) but not the pitch.
-* **Oracle pitch** (checkpoints with a harmonic source only): the same latents decoded with
+* **Pitch head and oracle pitch** (checkpoints with a harmonic source only): the pitch
+  head's error against YIN on the voiced frames (octaves; share within 5 %), and the same latents decoded with
   the oscillator driven by the input's own YIN pitch where it is voiced: what the harmonic
   source gives once its pitch head is right.
 """
@@ -83,6 +84,20 @@ def periodicity(wav: np.ndarray, rec: np.ndarray, sample_rate: int) -> dict[str,
     ratio = torch.log2(fy.clamp_min(1.0) / fx.clamp_min(1.0)).abs()
     return {"frames": n, "input_voiced": int(vx.sum()), "reconstruction_voiced": int(vy.sum()),
             "pitch_kept": int((both & (ratio < PITCH_TOLERANCE_OCTAVES)).sum())}
+
+
+def pitch_head_error(model, z: np.ndarray, wav: np.ndarray) -> np.ndarray:
+    """|log2(head f0 / YIN f0)| on the frames of ``wav`` that YIN calls voiced."""
+    import torch
+
+    from .pitch import yin_pitch
+
+    ae = model.cfg.autoencoder
+    with torch.no_grad():
+        f0 = model.decoder.pitch(torch.from_numpy(np.ascontiguousarray(z))[None])[0]
+    ref, voiced = yin_pitch(torch.from_numpy(wav)[None], ae.sample_rate, ae.stft_hop,
+                            f0.shape[0])
+    return (torch.log2(f0[voiced[0]] / ref[0][voiced[0]].double())).abs().numpy()
 
 
 def decode_with_input_pitch(model, z: np.ndarray, wav: np.ndarray) -> np.ndarray:
@@ -157,6 +172,11 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         for key, value in periodicity(wav, rec, sr).items():
             counts[key] = counts.get(key, 0) + value
         if tok.config.autoencoder.harmonic_source:
+            err = pitch_head_error(tok.model, z, wav)
+            counts["head_voiced"] = counts.get("head_voiced", 0) + err.size
+            counts["head_within"] = (counts.get("head_within", 0)
+                                     + int((err < PITCH_TOLERANCE_OCTAVES).sum()))
+            scores.setdefault("pitch_head", {}).setdefault("octaves", []).extend(err.tolist())
             oracle = decode_with_input_pitch(tok.model, z, wav)
             add("oracle_pitch", "stoi", stoi(wav, oracle, sr))
             add("oracle_pitch", "pesq_wb", pesq_wb(wav, oracle, sr))
@@ -185,6 +205,9 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
                                                      / max(1, counts.get("frames", 0)), 4),
                 "pitch_kept_share_of_input_voiced": round(
                     counts.get("pitch_kept", 0) / max(1, counts.get("input_voiced", 0)), 4),
+                **({"pitch_head_within_5_percent_of_input_voiced": round(
+                    counts["head_within"] / max(1, counts["head_voiced"]), 4)}
+                   if "head_voiced" in counts else {}),
                 **({"oracle_pitch_kept_share_of_input_voiced": round(
                     counts["oracle_pitch_kept"] / max(1, counts.get("input_voiced", 0)), 4)}
                    if "oracle_pitch_kept" in counts else {})}}

@@ -141,3 +141,11 @@ def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
     assert out.shape == voice.shape
     counts = periodicity(voice, out, 24000)
     assert counts["pitch_kept"] > 0.9 * counts["input_voiced"]
+    # the head's own pitch (150 Hz at initialisation) is scored against the input's 180 Hz
+    from f3stream.harmonic import f0_logit_bias
+    from training.diagnose_decoder import pitch_head_error
+    err = pitch_head_error(model, z, voice)
+    assert err.size > 90 and np.allclose(err, np.log2(180 / 150), atol=0.01)
+    with torch.no_grad():
+        model.decoder.pitch.out.bias.fill_(f0_logit_bias(180.0))
+    assert pitch_head_error(model, z, voice).max() < 0.01
