@@ -31,6 +31,7 @@ import argparse
 import random
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -148,7 +149,7 @@ def add_clip_arguments(p: argparse.ArgumentParser, per_source: int) -> None:
 
 
 def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, figure: str | None = None) -> dict:
     from f3stream.audio import load_audio
     from f3stream.evaluation.metrics import pesq_wb, stoi
     from f3stream.tokenizer import Tokenizer
@@ -159,6 +160,7 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
     rng = np.random.default_rng(seed)
     scores: dict[str, dict[str, list]] = {}
     counts: dict[str, int] = {}
+    figure_clip = None
 
     def add(key: str, metric: str, value) -> None:
         scores.setdefault(key, {}).setdefault(metric, []).append(value)
@@ -171,6 +173,8 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         rec = tok.decode(z)[:wav.size].astype(np.float32)
         for key, value in periodicity(wav, rec, sr).items():
             counts[key] = counts.get(key, 0) + value
+        if figure and figure_clip is None and periodicity(wav, wav, sr)["input_voiced"] > 100:
+            figure_clip = (clip, wav, rec)
         if tok.config.autoencoder.harmonic_source:
             err = pitch_head_error(tok.model, z, wav)
             counts["head_voiced"] = counts.get("head_voiced", 0) + err.size
@@ -188,6 +192,18 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         for alpha in NOISE_ALPHAS:
             noisy = (z + alpha * rng.standard_normal(z.shape)).astype(np.float32)
             add(f"latent_noise_{alpha:g}", "stoi", stoi(wav, tok.decode(noisy)[:wav.size], sr))
+
+    if figure and figure_clip is not None:
+        from f3stream.evaluation.plots import plot_narrowband
+
+        clip, wav, rec = figure_clip
+        signals = {"input": wav, "reconstruction": rec}
+        if tok.config.autoencoder.harmonic_source:
+            z = tok.tokenize(wav, representations=False).latents
+            signals["reconstruction, oscillator at the input's pitch"] = decode_with_input_pitch(
+                tok.model, z, wav)
+        plot_narrowband(Path(figure), signals, sr, f"{Path(clip.path).name} "
+                        f"({clip.source}, held out): {checkpoint or 'bundled'}")
 
     def mean(v):
         got = [x for x in v if x is not None]
@@ -219,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.diagnose_decoder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_clip_arguments(p, per_source=6)
+    p.add_argument("--figure", help="PNG: narrow-band spectrograms (0-2 kHz) of the first "
+                   "clip with over a second of voiced frames: input, reconstruction (and with "
+                   "a harmonic source, decoded at the input's pitch)")
     a = p.parse_args(argv)
-    report = diagnose(a.checkpoint, a.manifest, a.split, a.per_source, a.seed)
+    report = diagnose(a.checkpoint, a.manifest, a.split, a.per_source, a.seed, a.figure)
     report["command"] = "python -m training.diagnose_decoder " + " ".join(
         sys.argv[1:] if argv is None else argv)
     print_and_write_report(report, a.out)

@@ -85,3 +85,33 @@ def plot_probe_accuracies(path: Path, tasks: dict) -> Path:
     ax.set_title("linear probes (dashed: majority-class chance)")
     ax.legend()
     return _save(fig, path)
+
+
+NARROWBAND_N_FFT_SECONDS = 0.064   # 64 ms window: 16 Hz bins, the harmonics of any voice apart
+NARROWBAND_MAX_HZ = 2000.0
+
+
+def plot_narrowband(path: Path, signals: dict[str, np.ndarray], sample_rate: int,
+                    title: str) -> Path:
+    """Narrow-band spectrograms (0-2 kHz, dB, one colour scale) of signals of one clip, one
+    above the other: the harmonics of a voice are horizontal lines, noise is a smear."""
+    plt = _pyplot()
+    n_fft = int(NARROWBAND_N_FFT_SECONDS * sample_rate)
+    hop = n_fft // 8
+    window = np.hanning(n_fft)
+    keep = int(NARROWBAND_MAX_HZ / sample_rate * n_fft) + 1
+    specs = {}
+    for name, x in signals.items():
+        frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * window
+        power = np.abs(np.fft.rfft(frames, axis=-1))[:, :keep] ** 2
+        specs[name] = 10 * np.log10(power + 1e-10)
+    hi = max(s.max() for s in specs.values())
+    fig, axes = plt.subplots(len(specs), 1, figsize=(12, 2.6 * len(specs)), sharex=True)
+    for ax, (name, s) in zip(np.atleast_1d(axes), specs.items()):
+        ax.imshow(s.T, origin="lower", aspect="auto", vmin=hi - 70, vmax=hi, cmap="magma",
+                  extent=(0, s.shape[0] * hop / sample_rate, 0, NARROWBAND_MAX_HZ))
+        ax.set_title(name)
+        ax.set_ylabel("Hz")
+    np.atleast_1d(axes)[-1].set_xlabel("time (s)")
+    fig.suptitle(title)
+    return _save(fig, path)
