@@ -106,7 +106,7 @@ def plot_narrowband(path: Path, signals: dict[str, np.ndarray], sample_rate: int
         power = np.abs(np.fft.rfft(frames, axis=-1))[:, :keep] ** 2
         specs[name] = 10 * np.log10(power + 1e-10)
     hi = max(s.max() for s in specs.values())
-    fig, axes = plt.subplots(len(specs), 1, figsize=(12, 2.6 * len(specs)), sharex=True)
+    fig, axes = plt.subplots(len(specs), 1, figsize=(8, 1.9 * len(specs)), sharex=True)
     for ax, (name, s) in zip(np.atleast_1d(axes), specs.items()):
         ax.imshow(s.T, origin="lower", aspect="auto", vmin=hi - 70, vmax=hi, cmap="magma",
                   extent=(0, s.shape[0] * hop / sample_rate, 0, NARROWBAND_MAX_HZ))
