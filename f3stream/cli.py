@@ -330,6 +330,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"latents         : {s['latent_dim']} dims per frame")
     print(f"representations : {s['representation_dim']} dims per frame")
     print(f"parameters      : {parts} | total {s['parameters']['total']:,}")
+    ae = tok.config.autoencoder
+    print(f"decoder         : {ae.decoder_conv_blocks} ConvNeXt blocks, "
+          + ("harmonic source (pitch head + oscillator)" if ae.harmonic_source
+             else "no harmonic source"))
     print(f"latency         : {lat['total']:g} ms algorithmic = {lat['frame']:g} ms frame + "
           f"{lat['decoder_delay']:g} ms decoder look-ahead ({lat['decoder_delay_samples']} "
           "samples)")

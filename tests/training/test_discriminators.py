@@ -158,6 +158,10 @@ def test_grow_adds_decoder_parts_without_changing_the_output(tmp_path, change):
         header, *rows = (tmp_path / "big/autoencoder/log.csv").read_text().splitlines()
         last = dict(zip(header.split(","), rows[-1].split(",")))
         assert int(last["step"]) == 4 and float(last["pitch"]) > 0
+        from training.harmonic_gains import gains   # what the run does with its harmonics
+        report = gains(tmp_path / "big", big)
+        assert report["step"] == 4 and report["gain_below_1khz_voiced"] > 0.5   # starts at 1
+        assert 0 <= report["pitch_head_within_5_percent"] <= 1
     with pytest.raises(SystemExit, match="cannot"):    # nothing is ever taken away
         grow(tmp_path / "big", big, cfg, tmp_path / "back")
 
