@@ -111,15 +111,16 @@ def test_float16_round_trip_loads_as_float32_and_stays_close(tiny_tokenizer, tmp
 def test_bundled_checkpoint_loads(wav):
     tok = f3stream.load()
     assert tok.info.get("trained") is True and tok.info["stage0_steps"] > 0
-    # the default inference architecture plus the encoder's level input (off by default so
-    # checkpoints saved before it still load), a decoder grown to 8 ConvNeXt blocks and the
-    # training noise at gamma 0.3 (training/configs/real_cpu_deep03_level.json); the
-    # training-only RQ codebook was 1024 codes (the CPU configs), which changes no inference
-    # weight
+    # the default inference architecture plus the encoder's level input and the decoder's
+    # harmonic source (both off by default so checkpoints saved before them still load), a
+    # decoder grown to 8 ConvNeXt blocks and the training noise at gamma 0.3
+    # (training/configs/real_cpu_deep03_level_harm10_nocx_tf.json); the training-only RQ
+    # codebook was 1024 codes (the CPU configs), which changes no inference weight
     ae = tok.config.autoencoder
-    assert (ae.level_feature, ae.decoder_conv_blocks, ae.noise_gamma) == (True, 8, 0.3)
-    assert replace(ae, level_feature=False, decoder_conv_blocks=4, noise_gamma=1.0) == \
-        TokenizerConfig().autoencoder
+    assert (ae.level_feature, ae.harmonic_source, ae.decoder_conv_blocks, ae.noise_gamma) == \
+        (True, True, 8, 0.3)
+    assert replace(ae, level_feature=False, harmonic_source=False, decoder_conv_blocks=4,
+                   noise_gamma=1.0) == TokenizerConfig().autoencoder
     assert replace(tok.config.representation, rq_codebook_size=8192) == \
         TokenizerConfig().representation
     assert tok.encode(wav).shape == (25, 64)
@@ -514,3 +515,13 @@ def test_config_fields_added_later_keep_older_digests():
                                                 ).hexdigest()
     harmonic = replace(cfg, autoencoder=replace(cfg.autoencoder, harmonic_source=True))
     assert config_digest(harmonic) != config_digest(cfg)
+
+
+def test_info_says_whether_the_decoder_has_a_harmonic_source(capsys, tiny_tokenizer, tmp_path):
+    from f3stream.cli import main
+
+    assert main(["info"]) == 0                      # the bundled checkpoint has one
+    assert "harmonic source (pitch head + oscillator)" in capsys.readouterr().out
+    tiny_tokenizer.save(tmp_path / "tiny")
+    assert main(["info", "--checkpoint", str(tmp_path / "tiny")]) == 0
+    assert "no harmonic source" in capsys.readouterr().out
