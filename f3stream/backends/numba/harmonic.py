@@ -114,12 +114,17 @@ def excitation(f0, bsz, s, rows, w):
     return wav
 
 
+NO_HARMONICS = np.zeros((0, 0), np.float32)
+
+
 @njit(cache=True, nogil=True)
-def inverse_spectrum(out, basis, max_log_mag):
+def inverse_spectrum(out, g, exc, basis, max_log_mag):
     """The end of :meth:`AudioDecoder.spectrum` and its inverse DFT: log-magnitude/phase
-    ``out [N, 2F]`` -> ``[N, n_fft]`` windowed frames."""
+    ``out [N, 2F]`` -> ``[N, n_fft]`` windowed frames; with gains ``g`` and excitation
+    spectrum ``exc`` (both ``[N, 2F]``; empty: no harmonic source) ``M (e^{j phi} + g E)``."""
     n_rows, two_f = out.shape
     nb = two_f // 2
+    harmonics = g.shape[0] > 0
     spec = np.empty((n_rows, two_f), np.float32)
     for i in range(n_rows):
         for k in range(nb):
@@ -128,35 +133,25 @@ def inverse_spectrum(out, basis, max_log_mag):
                 lm = max_log_mag
             mag = np.float32(math.exp(lm))
             ph = out[i, nb + k]
-            spec[i, k] = mag * np.float32(math.cos(ph))
-            spec[i, nb + k] = mag * np.float32(math.sin(ph))
+            re = np.float32(math.cos(ph))
+            im = np.float32(math.sin(ph))
+            if harmonics:
+                re = (re + g[i, k] * exc[i, k]) - g[i, nb + k] * exc[i, nb + k]
+                im = (im + g[i, k] * exc[i, nb + k]) + g[i, nb + k] * exc[i, k]
+            spec[i, k] = mag * re
+            spec[i, nb + k] = mag * im
     return np.dot(spec, basis)
 
 
 @njit(cache=True, nogil=True)
 def harmonic_inverse_spectrum(out, hn, z2, bsz, s, rows, plan, w, basis, max_log_mag):
-    """:meth:`AudioDecoder.spectrum` with the harmonic source, then the inverse DFT:
-    ``M (e^{j phi} + g E)`` per bin."""
+    """:meth:`AudioDecoder.spectrum` with the harmonic source (pitch, oscillator, its DFT,
+    the gains), then the inverse DFT."""
     f0 = pitch_f0(z2, w.pitch)
     wav = excitation(f0, bsz, s, rows, w.source)
     frames = causal_framing(wav, s.framing, rows, w.source.framing)
     exc = np.dot(frames.astype(np.float32), w.source.basis)
-    g = linear(hn, w.proj, plan)
-    n_rows, two_f = out.shape
-    nb = two_f // 2
-    spec = np.empty((n_rows, two_f), np.float32)
-    for i in range(n_rows):
-        for k in range(nb):
-            lm = out[i, k]
-            if lm > max_log_mag:
-                lm = max_log_mag
-            mag = np.float32(math.exp(lm))
-            ph = out[i, nb + k]
-            re = (np.float32(math.cos(ph)) + g[i, k] * exc[i, k]) - g[i, nb + k] * exc[i, nb + k]
-            im = (np.float32(math.sin(ph)) + g[i, k] * exc[i, nb + k]) + g[i, nb + k] * exc[i, k]
-            spec[i, k] = mag * re
-            spec[i, nb + k] = mag * im
-    return np.dot(spec, basis)
+    return inverse_spectrum(out, linear(hn, w.proj, plan), exc, basis, max_log_mag)
 
 
 @njit(cache=True, nogil=True)
@@ -164,5 +159,5 @@ def decoder_frames(out, hn, z2, bsz, s, rows, plan, w, basis, max_log_mag):
     """The decoder's windowed output frames ``[N, n_fft]``, with the harmonic source where
     the decoder has one (``w``, ``s`` None: it has not)."""
     if w is None:
-        return inverse_spectrum(out, basis, max_log_mag)
+        return inverse_spectrum(out, NO_HARMONICS, NO_HARMONICS, basis, max_log_mag)
     return harmonic_inverse_spectrum(out, hn, z2, bsz, s, rows, plan, w, basis, max_log_mag)
