@@ -171,10 +171,10 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
             wav, _ = load_audio(clip.path, sr)
         z = tok.tokenize(wav, representations=False).latents
         rec = tok.decode(z)[:wav.size].astype(np.float32)
-        for key, value in periodicity(wav, rec, sr).items():
+        voicing = periodicity(wav, rec, sr)
+        for key, value in voicing.items():
             counts[key] = counts.get(key, 0) + value
-        if figure and figure_clip is None and periodicity(wav, wav, sr)["input_voiced"] > 100:
-            figure_clip = (clip, wav, rec)
+        oracle = None
         if tok.config.autoencoder.harmonic_source:
             err = pitch_head_error(tok.model, z, wav)
             counts["head_voiced"] = counts.get("head_voiced", 0) + err.size
@@ -186,6 +186,8 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
             add("oracle_pitch", "pesq_wb", pesq_wb(wav, oracle, sr))
             for key, value in periodicity(wav, oracle, sr).items():
                 counts["oracle_" + key] = counts.get("oracle_" + key, 0) + value
+        if figure and figure_clip is None and voicing["input_voiced"] > 100:
+            figure_clip = (clip, wav, rec, oracle)
         for key, y in swapped(wav, rec, seed).items():
             add(key, "stoi", stoi(wav, y, sr))
             add(key, "pesq_wb", pesq_wb(wav, y, sr))
@@ -196,12 +198,10 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
     if figure and figure_clip is not None:
         from f3stream.evaluation.plots import plot_narrowband
 
-        clip, wav, rec = figure_clip
+        clip, wav, rec, oracle = figure_clip
         signals = {"input": wav, "reconstruction": rec}
-        if tok.config.autoencoder.harmonic_source:
-            z = tok.tokenize(wav, representations=False).latents
-            signals["reconstruction, oscillator at the input's pitch"] = decode_with_input_pitch(
-                tok.model, z, wav)
+        if oracle is not None:
+            signals["reconstruction, oscillator at the input's pitch"] = oracle
         plot_narrowband(Path(figure), signals, sr, f"{Path(clip.path).name} "
                         f"({clip.source}, held out): {checkpoint or 'bundled'}")
 
