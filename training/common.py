@@ -58,13 +58,18 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def lr_at(step: int, cfg: StageConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+def lr_at(step: int, cfg: StageConfig, rewarm_from: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``. ``rewarm_from``: the step a
+    fresh optimizer took over (``training.seed``); the rate ramps up again from there over
+    ``warmup_steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+    lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+    if rewarm_from is not None and 0 <= step - rewarm_from < cfg.warmup_steps:
+        lr *= (step - rewarm_from + 1) / cfg.warmup_steps
+    return lr
 
 
 class CsvLog:

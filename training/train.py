@@ -144,9 +144,12 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         modules["ema"] = ema
     stage_dir = out / "autoencoder"
     start = 0
+    extra: dict = {"stage": "autoencoder"}
     if resume and (ck := latest_checkpoint(stage_dir)) is not None:
         meta = load_training_state(ck, modules, optimizers)
         start = meta["step"]
+        if "rewarm_from" in meta.get("extra", {}):
+            extra["rewarm_from"] = meta["extra"]["rewarm_from"]
         if rank == 0:
             print(f"resumed from {ck} at step {start}"
                   + (f" ({', '.join(meta['fresh'])}: not in the checkpoint, starting fresh)"
@@ -177,7 +180,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("CI") == "true")
     t0 = time.time()
     for step in bar:
-        lr = lr_at(step, stage)
+        lr = lr_at(step, stage, extra.get("rewarm_from"))
         for name, opt in optimizers.items():
             scale = (stage.discriminator_lr / stage.lr
                      if name == "discriminator" and stage.discriminator_lr else 1.0)
@@ -240,7 +243,7 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
             log.write(row)
             bar.set_postfix(mel=row["mel"], val_mel=row["val_mel"] or "-")
         if rank == 0 and (done % stage.checkpoint_every == 0 or done == end):
-            save_training_state(stage_dir, done, modules, optimizers, {"stage": "autoencoder"})
+            save_training_state(stage_dir, done, modules, optimizers, extra)
             export(ema if ema is not None else model, out,
                    {"trained": True, "stage0_steps": done, "stage1_steps": 0,
                                 "seed": cfg.seed})

@@ -1,5 +1,6 @@
-"""CPU-sized discriminators, aligned crops, adding a discriminator to a running stage 0, and
-growing the decoder of a training checkpoint without changing what it computes."""
+"""CPU-sized discriminators, aligned crops, adding a discriminator to a running stage 0,
+growing the decoder of a training checkpoint without changing what it computes, and seeding a
+run from an installed checkpoint."""
 
 import json
 from dataclasses import replace
@@ -164,6 +165,45 @@ def test_grow_adds_decoder_parts_without_changing_the_output(tmp_path, change):
         assert 0 <= report["pitch_head_within_5_percent"] <= 1
     with pytest.raises(SystemExit, match="cannot"):    # nothing is ever taken away
         grow(tmp_path / "big", big, cfg, tmp_path / "back")
+
+
+def test_seed_continues_an_installed_checkpoint_with_a_rewarmed_rate(tmp_path):
+    """A float16 installed checkpoint becomes a run at its stage-0 step: the weights are the
+    checkpoint's, and the fresh optimizer's learning rate ramps up again from that step."""
+    from training import install_checkpoint
+    from training.common import lr_at
+    from training.seed import seed
+    from training.train import train_autoencoder
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    cfg.autoencoder = replace(cfg.autoencoder, steps=40, warmup_steps=3, checkpoint_every=3)
+    train_autoencoder(cfg, tmp_path / "old", resume=False, max_steps=3)
+    assert install_checkpoint.main([str(tmp_path / "old/export"), str(tmp_path / "installed"),
+                                    "--float16"]) == 0
+    ck = seed(tmp_path / "installed", cfg, tmp_path / "new")
+    assert ck.name == "step-0000003"
+    from f3stream.checkpoint import load_checkpoint
+    _, installed, _ = load_checkpoint(tmp_path / "installed")
+    for name in ("model", "ema"):
+        m = F3Model(cfg.model)
+        load_training_state(ck, {name: m}, {})
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(v, installed[k].to(v.dtype), rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="refusing"):
+        seed(tmp_path / "installed", cfg, tmp_path / "new")
+    other = replace(cfg.model, autoencoder=replace(cfg.model.autoencoder, harmonic_source=True))
+    with pytest.raises(SystemExit, match="differs"):
+        seed(tmp_path / "installed", replace(cfg, model=other), tmp_path / "other")
+    train_autoencoder(cfg, tmp_path / "new", resume=True, max_steps=5)   # a stop inside the ramp
+    train_autoencoder(cfg, tmp_path / "new", resume=True, max_steps=8)
+    header, *rows = (tmp_path / "new/autoencoder/log.csv").read_text().splitlines()
+    lrs = {int(r["step"]): float(r["lr"]) for r in (dict(zip(header.split(","), row.split(",")))
+                                                   for row in rows)}
+    assert sorted(lrs) == [4, 5, 6, 7, 8]
+    for done, lr in lrs.items():      # the row of step `done` trained step done - 1
+        ramp = min(1.0, (done - 3) / 3)
+        assert lr == pytest.approx(lr_at(done - 1, cfg.autoencoder) * ramp, rel=1e-3)
+    assert lrs[4] < 0.4 * lr_at(3, cfg.autoencoder)
 
 
 def test_same_gain_brings_the_real_crop_to_the_reference_level():
