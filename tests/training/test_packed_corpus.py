@@ -140,6 +140,27 @@ def test_real_speech_ingesters_and_pinned_held_out_voices(tmp_path):
                                              "tuxpaint-fr", "tuxpaint-en"))
 
 
+def test_drascula_voice_files_become_wav_clips_per_character(tmp_path):
+    """Raw 8-bit unsigned PCM after a 32-byte header; speaker = the file's character prefix."""
+    import numpy as np
+    import soundfile as sf
+
+    base = tmp_path / "usr/share/scummvm/drascula/en"
+    base.mkdir(parents=True)
+    pcm = np.array([128, 255, 0, 192, 64], dtype=np.uint8)
+    for name in ("12", "D3", "VB1", "E2"):
+        (base / f"{name}.ALS").write_bytes(bytes(32 * [7]) + pcm.tobytes())
+    (base / "TLEF0.ALG").write_bytes(b"not a voice")
+    clips = real_speech.ingest(["drascula"], tmp_path)
+    assert {c.speaker for c in clips} == {"drascula-hero", "drascula-D", "drascula-VB",
+                                          "drascula-E"}
+    wav, rate = sf.read(clips[0].path, dtype="int16")
+    assert rate == 11025 and wav.tolist() == [0, 127 * 256, -128 * 256, 64 * 256, -64 * 256]
+    split = {c.speaker: c.split for c in assign_splits(clips, 0.0, 0.0, seed=0)}
+    assert split == {"drascula-hero": "train", "drascula-D": "train", "drascula-VB": "train",
+                     "drascula-E": "val"}
+
+
 def test_training_config_reads_packed_options(tmp_path):
     from training.config import TrainConfig
 

@@ -7,9 +7,9 @@ Sources (each optional):
   is one voice+variant, so held-out voices are never trained on.
 * ``klettres``: real recorded human voices from Debian's ``klettres-data`` (letters and
   syllables, one speaker per language folder). The transcript is the sound's name.
-* ``--real fillets,tuxpaint,asterisk,ktuberling,hedgewars``: real recorded voices from Debian
-  packages (see :mod:`training.data.real_speech`); ``--fetch-packages`` downloads and unpacks
-  them under ``--pkg-root`` (no need to install games). Their held-out voices are pinned; every
+* ``--real fillets,tuxpaint,asterisk,ktuberling,hedgewars,drascula``: real recorded voices
+  from Debian packages (see :mod:`training.data.real_speech`); ``--fetch-packages`` downloads
+  and unpacks them under ``--pkg-root`` (no need to install games). Their held-out voices are pinned; every
   other voice of these sources is trained on.
 * ``--extra DIR``: any folder of wav/flac/ogg files (speaker = sub-folder name, text from a
   same-named ``.txt`` beside each file), or ``--extra-manifest FILE`` (JSONL, see manifest.py).
@@ -170,7 +170,8 @@ def scan_folder(folder: Path) -> list[Clip]:
     return clips
 
 
-REAL_SOURCE_NAMES = {"fillets-ng", "tuxpaint", "asterisk", "ktuberling", "hedgewars"}
+REAL_SOURCE_NAMES = {"fillets-ng", "tuxpaint", "asterisk", "ktuberling", "hedgewars",
+                     "drascula"}
 
 
 def assign_splits(clips: list[Clip], val: float, test: float, seed: int) -> list[Clip]:

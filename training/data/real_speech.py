@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .manifest import Clip
 
 # Debian package -> the ingester that reads it.
@@ -31,6 +33,7 @@ PACKAGES = {
                  "asterisk-core-sounds-ru-wav"),
     "ktuberling": ("ktuberling-data",),
     "hedgewars": ("hedgewars-data",),
+    "drascula": ("drascula",),
 }
 
 # Whole voices kept out of training, per source (speaker name -> split). Chosen so every test
@@ -45,6 +48,7 @@ HELD_OUT = {
     "ktuberling-uk": "val",
     "hedgewars-Pirate": "test",
     "hedgewars-Mobster": "val",
+    "drascula-E": "val",           # English actors; no test voice, so the test set stays as it was
 }
 
 
@@ -132,8 +136,44 @@ def hedgewars(root: Path) -> list[Clip]:
             for f in sorted(base.glob("*/*.ogg"))]
 
 
+DRASCULA_RATE = 11025
+DRASCULA_HEADER = 32
+
+
+def drascula_to_wav(als: Path, wav: Path) -> None:
+    """One Drascula ``.ALS`` voice file (a 32-byte header, then unsigned 8-bit PCM at 11025 Hz)
+    as a 16-bit wav; written to a temporary name and renamed, so a kill leaves no half file."""
+    import soundfile as sf
+
+    raw = np.fromfile(als, dtype=np.uint8)[DRASCULA_HEADER:]
+    pcm = ((raw.astype(np.int16) - 128) * 256).astype(np.int16)
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    tmp = wav.with_name(wav.name + ".tmp")
+    sf.write(tmp, pcm, DRASCULA_RATE, subtype="PCM_16", format="WAV")
+    tmp.replace(wav)
+
+
+def drascula(root: Path) -> list[Clip]:
+    """Drascula: The Vampire Strikes Back, English voice files ``<character><n>.ALS`` (raw
+    8-bit PCM at 11 kHz, so they carry nothing above 5.5 kHz). Speaker = the character prefix
+    (``D`` Drascula, ``VB`` Von Braun, ``I`` Igor, ...; plain numbers are the hero). The files
+    are converted once to wav under ``root/drascula-wav`` (the packer reads wav)."""
+    base = root / "usr/share/scummvm/drascula/en"
+    out = root / "drascula-wav"
+    clips = []
+    for f in sorted(base.glob("*.ALS")):
+        m = re.fullmatch(r"([A-Z]*)(\d+)", f.stem)
+        if not m:
+            continue
+        wav = out / (f.stem + ".wav")
+        if not wav.exists():
+            drascula_to_wav(f, wav)
+        clips.append(Clip(str(wav), "", f"drascula-{m.group(1) or 'hero'}", "train", "drascula"))
+    return clips
+
+
 INGESTERS = {"fillets": fillets, "tuxpaint": tuxpaint, "asterisk": asterisk,
-             "ktuberling": ktuberling, "hedgewars": hedgewars}
+             "ktuberling": ktuberling, "hedgewars": hedgewars, "drascula": drascula}
 
 
 def ingest(sources: list[str], root: Path) -> list[Clip]:
