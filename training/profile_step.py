@@ -3,7 +3,9 @@
     python -m training.profile_step --config training/configs/real_cpu.json --steps 12
 
 Prints milliseconds per phase (mean over ``--steps`` after 3 warm-up steps) as JSON. Uses the
-config's packed corpus (or manifest) and loss weights, with random initial weights. With an
+config's packed corpus (or manifest) and loss weights, with random initial weights. With a
+harmonic source, "pitch" is the YIN target of the batch (the oscillator is driven by it when
+the config teacher-forces) and the pitch loss is in "losses". With an
 ``adversarial_weight``, "adversarial" is the discriminator's update plus the generator's
 adversarial and feature-matching forward passes (their backward is in "backward").
 """
@@ -23,8 +25,9 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
 
     from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                                  generator_adversarial_losses, same_gain_to_reference)
-    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
     from .config import TrainConfig
+    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
+    from .pitch import pitch_loss, yin_pitch
     from .train import AutoencoderPart, _batch, load_stage0_sources
 
     torch.set_num_threads(threads)
@@ -39,21 +42,33 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
         disc = build_discriminator(stage.discriminator, stage.discriminator_channels)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=stage.lr)
     crop = int(stage.discriminator_crop_seconds * cfg.model.autoencoder.sample_rate)
-    totals = dict.fromkeys(("data", "forward", "losses", "adversarial", "backward",
+    ae_cfg = cfg.model.autoencoder
+    sr, harmonic = ae_cfg.sample_rate, ae_cfg.harmonic_source
+    totals = dict.fromkeys(("data", "pitch", "forward", "losses", "adversarial", "backward",
                             "optimizer"), 0.0)
     for step in range(steps + 3):
         t0 = time.perf_counter()
         x, band = _batch(src, step, stage.batch_size, 0)
         t1 = time.perf_counter()
-        y = ae(x)
+        f0 = None
+        if harmonic:
+            target, voiced = yin_pitch(x, sr, ae_cfg.stft_hop, x.shape[1] // ae_cfg.stft_hop)
+            forced = target if stage.pitch_teacher_forcing > 0 else None
+        t1p = time.perf_counter()
+        if harmonic:
+            y, f0 = ae(x, with_f0=True, oscillator_f0=forced)
+        else:
+            y = ae(x)
         t2 = time.perf_counter()
-        mr, cx, mags = spectral_losses(y, x, band, with_complex=stage.complex_weight > 0)
+        mr, cx, mags = spectral_losses(y, x, band, sr, with_complex=stage.complex_weight > 0)
         loss = (stage.mrstft_weight * mr + stage.mel_weight * logmel.loss(y, x, band, mags)
                 + stage.complex_weight * cx)
         if stage.band_weight:
-            loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band)
+            loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band, sr)
         if stage.level_weight:
-            loss = loss + stage.level_weight * level_loss(*mags[BAND_RESOLUTION], band)
+            loss = loss + stage.level_weight * level_loss(*mags[BAND_RESOLUTION], band, sr)
+        if f0 is not None:
+            loss = loss + stage.pitch_weight * pitch_loss(f0, target, voiced)
         t3 = time.perf_counter()
         if disc is not None:
             xc, yc = same_gain_to_reference(*aligned_crops(x, y, crop))
@@ -70,8 +85,8 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
         opt.step()
         t5 = time.perf_counter()
         if step >= 3:
-            for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t3a - t3, t4 - t3a,
-                                        t5 - t4)):
+            for key, dt in zip(totals, (t1 - t0, t1p - t1, t2 - t1p, t3 - t2, t3a - t3,
+                                        t4 - t3a, t5 - t4)):
                 totals[key] += dt / steps
     return {k: round(v * 1000, 1) for k, v in totals.items()}
 
