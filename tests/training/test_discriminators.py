@@ -206,6 +206,23 @@ def test_seed_continues_an_installed_checkpoint_with_a_rewarmed_rate(tmp_path):
     assert lrs[4] < 0.4 * lr_at(3, cfg.autoencoder)
 
 
+def test_profile_step_times_the_harmonic_sources_pitch_target(tmp_path):
+    from training.profile_step import profile
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    raw = json.loads((ROOT / "training/configs/tiny.json").read_text())
+    raw["manifest"] = cfg.manifest
+    raw["model"]["autoencoder"]["harmonic_source"] = True
+    raw["autoencoder"].update(adversarial_weight=0.0, pitch_weight=10.0,
+                              pitch_teacher_forcing=1.0)
+    path = tmp_path / "harmonic.json"
+    path.write_text(json.dumps(raw))
+    times = profile(str(path), steps=1, threads=1)
+    assert set(times) == {"data", "pitch", "forward", "losses", "adversarial", "backward",
+                          "optimizer"}
+    assert times["pitch"] > 0 and times["backward"] > 0 and times["adversarial"] == 0
+
+
 def test_same_gain_brings_the_real_crop_to_the_reference_level():
     from training.discriminators import DISCRIMINATOR_RMS, same_gain_to_reference
 
