@@ -246,6 +246,17 @@ def test_augmentation_is_deterministic_and_changes_audio():
     assert a.dtype == np.float32 and a.shape == x.shape and np.isfinite(a).all()
     assert not np.allclose(a, x, atol=1e-3)
     np.testing.assert_array_equal(Augmentation().apply(x, np.random.default_rng(3), 24000), x)
+    # the reverb is the dry/wet mix of a direct convolution with the drawn tail
+    rng = np.random.default_rng(5)
+    wet = Augmentation(reverb_prob=1.0).apply(x, rng, 24000)
+    rng = np.random.default_rng(5)
+    rng.random()
+    rt60 = rng.uniform(0.1, 0.6)
+    t = np.arange(int(rt60 * 24000)) / 24000
+    ir = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)
+    ir[0] = 1.0
+    ir /= np.sqrt(np.sum(ir ** 2))
+    np.testing.assert_allclose(wet, 0.5 * x + 0.5 * np.convolve(x, ir)[: x.size], atol=1e-5)
 
 
 def test_ddp_two_processes_with_torchrun(corpus, tmp_path):
