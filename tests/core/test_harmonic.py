@@ -57,7 +57,9 @@ def test_oscillator_phase_is_exact_for_any_chunking():
         parts.append(y)
     assert state["phase"].dtype == torch.int64
     assert torch.equal(state["phase"], ref_state["phase"])
-    assert torch.equal(torch.cat(parts, dim=1), ref)
+    # the rendered frames are one float32 matmul with the DFT basis, whose blocking (and so
+    # its last bit) depends on the chunk's length on some CPUs: equal to float32 rounding
+    torch.testing.assert_close(torch.cat(parts, dim=1), ref, rtol=0, atol=1e-6)
 
 
 def test_pitch_head_range_and_initial_pitch():
