@@ -155,8 +155,9 @@ def drascula_to_wav(als: Path, wav: Path) -> None:
 
 def drascula(root: Path) -> list[Clip]:
     """Drascula: The Vampire Strikes Back, English voice files ``<character><n>.ALS`` (raw
-    8-bit PCM at 11 kHz, so they carry nothing above 5.5 kHz). Speaker = the character prefix
-    (``D`` Drascula, ``VB`` Von Braun, ``I`` Igor, ...; plain numbers are the hero). The files
+    8-bit PCM at 11 kHz, so they carry nothing above 5.5 kHz). Speaker = the file name's letter
+    prefix (``D``, ``VB``, ``I``, ...; 12 of them; no prefix, 463 of the 783 files, is taken to
+    be the player character, ``drascula-hero``). The files
     are converted once to wav under ``root/drascula-wav`` (the packer reads wav)."""
     base = root / "usr/share/scummvm/drascula/en"
     out = root / "drascula-wav"
