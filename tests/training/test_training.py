@@ -307,3 +307,27 @@ def test_install_checkpoint_float16(tmp_path, tiny_tokenizer):
                                  "--info", "stage0_steps"])
     w = load_file(str(tmp_path / "dest/model.safetensors"))
     assert all(v.dtype == torch.float16 for v in w.values())
+
+
+def test_export_weights_writes_the_raw_or_the_averaged_weights(stage0_run, tmp_path):
+    """The EMA export equals the run's own export; the raw one holds the optimizer's weights."""
+    from safetensors import safe_open
+
+    from training.checkpointing import latest_checkpoint
+    from training.export_weights import export_weights
+
+    state = latest_checkpoint(stage0_run / "autoencoder")
+    run_export = load_file(str(stage0_run / "export/model.safetensors"))
+    ema = export_weights(state, stage0_run / "export", tmp_path / "ema", "ema")
+    raw = export_weights(state, stage0_run / "export", tmp_path / "raw", "raw")
+    ema_w = load_file(str(ema / "model.safetensors"))
+    raw_w = load_file(str(raw / "model.safetensors"))
+    assert all(torch.equal(ema_w[k], run_export[k]) for k in run_export)
+    with safe_open(str(state / "state.safetensors"), "pt") as f:
+        model = {k[len("module.model."):]: f.get_tensor(k) for k in f.keys()
+                 if k.startswith("module.model.")}
+    assert model and all(torch.equal(raw_w[k], v) for k, v in model.items())
+    assert any(not torch.equal(raw_w[k], ema_w[k]) for k in model)
+    assert f3stream.load(raw).info["weights"] == "raw"
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        export_weights(state, stage0_run / "export", tmp_path / "raw", "raw")
