@@ -5,6 +5,8 @@ tokens.npz, captured.wav (and reconstruction.wav) and a summary when stopped."""
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +111,14 @@ def cmd_mic(args: argparse.Namespace) -> int:
     pipe.start()
     stopped_by = "time limit"
     t_start = time.monotonic()
+    # Ctrl-C sets a flag that the capture loop polls, instead of raising KeyboardInterrupt
+    # wherever the main thread happens to be: an exception raised inside a finalizer or a
+    # callback is printed and dropped, and then the loop never ended (seen in a full test run:
+    # 40 s after SIGINT the main thread was still polling).
+    ctrl_c = threading.Event()
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.set())
     try:
         with in_stream:
             if out_stream is not None:
@@ -121,14 +131,14 @@ def cmd_mic(args: argparse.Namespace) -> int:
                   + (f"; stops after {args.seconds:g} s of audio" if args.seconds
                      else "; Ctrl-C stops"), flush=True)
             try:
-                while pipe.alive:
+                while pipe.alive and not ctrl_c.is_set():
                     now = time.monotonic()
                     if args.seconds is not None and (
                             pipe.samples_in >= args.seconds * in_rate
                             or now - t_start >= args.seconds + NO_AUDIO_GRACE_S):
                         break
                     printer.maybe(pipe.stats, now)
-                    time.sleep(0.02)
+                    ctrl_c.wait(0.02)
             except KeyboardInterrupt:
                 stopped_by = "Ctrl-C"
     except KeyboardInterrupt:    # while the stream was starting or stopping
@@ -136,7 +146,11 @@ def cmd_mic(args: argparse.Namespace) -> int:
     except sd.PortAudioError as e:
         raise MicError(f"audio capture failed: {one_line(e)}") from None
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         printer.done()
+    if ctrl_c.is_set():
+        stopped_by = "Ctrl-C"
     elapsed = time.monotonic() - t_start
 
     sr = tok.sample_rate
