@@ -130,18 +130,15 @@ def cmd_mic(args: argparse.Namespace) -> int:
                      f"({out_rate} Hz)" if args.playback else "")
                   + (f"; stops after {args.seconds:g} s of audio" if args.seconds
                      else "; Ctrl-C stops"), flush=True)
-            try:
-                while pipe.alive and not ctrl_c.is_set():
-                    now = time.monotonic()
-                    if args.seconds is not None and (
-                            pipe.samples_in >= args.seconds * in_rate
-                            or now - t_start >= args.seconds + NO_AUDIO_GRACE_S):
-                        break
-                    printer.maybe(pipe.stats, now)
-                    ctrl_c.wait(0.02)
-            except KeyboardInterrupt:
-                stopped_by = "Ctrl-C"
-    except KeyboardInterrupt:    # while the stream was starting or stopping
+            while pipe.alive and not ctrl_c.is_set():
+                now = time.monotonic()
+                if args.seconds is not None and (
+                        pipe.samples_in >= args.seconds * in_rate
+                        or now - t_start >= args.seconds + NO_AUDIO_GRACE_S):
+                    break
+                printer.maybe(pipe.stats, now)
+                ctrl_c.wait(0.02)
+    except KeyboardInterrupt:    # defensive: raised by other code (the handler above only sets the flag)
         stopped_by = "Ctrl-C"
     except sd.PortAudioError as e:
         raise MicError(f"audio capture failed: {one_line(e)}") from None
