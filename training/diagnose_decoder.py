@@ -68,11 +68,15 @@ def swapped(wav: np.ndarray, rec: np.ndarray, seed: int = 0) -> dict[str, np.nda
 
 
 PITCH_TOLERANCE_OCTAVES = 0.07  # ~5 %
+NEAR_VOICED_FRAMES = 3          # an over-voiced frame this close to an input-voiced one: a
+                                # voicing edge held too long (or begun too early), not buzz
 
 
 def periodicity(wav: np.ndarray, rec: np.ndarray, sample_rate: int) -> dict[str, int]:
-    """Frame counts: ``frames``, ``input_voiced``, ``reconstruction_voiced`` and
-    ``pitch_kept`` (voiced in both, pitches within ``PITCH_TOLERANCE_OCTAVES``)."""
+    """Frame counts: ``frames``, ``input_voiced``, ``reconstruction_voiced``, ``pitch_kept``
+    (voiced in both, pitches within ``PITCH_TOLERANCE_OCTAVES``), ``over_voiced`` (voiced in
+    the reconstruction only) and of those ``over_voiced_near_edge`` (within
+    ``NEAR_VOICED_FRAMES`` of an input-voiced frame)."""
     import torch
 
     from .pitch import yin_pitch
@@ -83,8 +87,12 @@ def periodicity(wav: np.ndarray, rec: np.ndarray, sample_rate: int) -> dict[str,
     fy, vy = yin_pitch(torch.from_numpy(rec[:wav.size])[None], sample_rate, hop, n)
     both = vx & vy
     ratio = torch.log2(fy.clamp_min(1.0) / fx.clamp_min(1.0)).abs()
+    over = (vy & ~vx)[0].numpy()
+    reach = 2 * NEAR_VOICED_FRAMES + 1
+    near = np.convolve(vx[0].numpy().astype(np.float64), np.ones(reach), "same") > 0.5
     return {"frames": n, "input_voiced": int(vx.sum()), "reconstruction_voiced": int(vy.sum()),
-            "pitch_kept": int((both & (ratio < PITCH_TOLERANCE_OCTAVES)).sum())}
+            "pitch_kept": int((both & (ratio < PITCH_TOLERANCE_OCTAVES)).sum()),
+            "over_voiced": int(over.sum()), "over_voiced_near_edge": int((over & near).sum())}
 
 
 def pitch_head_error(model, z: np.ndarray, wav: np.ndarray) -> np.ndarray:
@@ -160,6 +168,7 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
     rng = np.random.default_rng(seed)
     scores: dict[str, dict[str, list]] = {}
     counts: dict[str, int] = {}
+    source_counts: dict[str, dict[str, int]] = {}
     figure_clip = None
 
     def add(key: str, metric: str, value) -> None:
@@ -174,6 +183,8 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         voicing = periodicity(wav, rec, sr)
         for key, value in voicing.items():
             counts[key] = counts.get(key, 0) + value
+            src = source_counts.setdefault(clip.source, {})
+            src[key] = src.get(key, 0) + value
         oracle = None
         if tok.config.autoencoder.harmonic_source:
             err = pitch_head_error(tok.model, z, wav)
@@ -221,6 +232,16 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
                                                      / max(1, counts.get("frames", 0)), 4),
                 "pitch_kept_share_of_input_voiced": round(
                     counts.get("pitch_kept", 0) / max(1, counts.get("input_voiced", 0)), 4),
+                "over_voiced_share": round(counts.get("over_voiced", 0)
+                                           / max(1, counts.get("frames", 0)), 4),
+                "over_voiced_near_edge_share_of_over_voiced": round(
+                    counts.get("over_voiced_near_edge", 0)
+                    / max(1, counts.get("over_voiced", 0)), 4),
+                "per_source": {src: {
+                    "input_voiced_share": round(c["input_voiced"] / max(1, c["frames"]), 4),
+                    "reconstruction_voiced_share": round(c["reconstruction_voiced"]
+                                                         / max(1, c["frames"]), 4)}
+                    for src, c in sorted(source_counts.items())},
                 **({"pitch_head_within_5_percent_of_input_voiced": round(
                     counts["head_within"] / max(1, counts["head_voiced"]), 4)}
                    if "head_voiced" in counts else {}),

@@ -107,11 +107,21 @@ def test_periodicity_counts_kept_pitch_and_shaped_noise():
     same = periodicity(voice, voice.copy(), 24000)
     assert same["frames"] == 100 and same["input_voiced"] > 90
     assert same["pitch_kept"] == same["input_voiced"] == same["reconstruction_voiced"]
+    assert same["over_voiced"] == 0
     octave = periodicity(voice, harmonic(300.0), 24000)
     assert octave["reconstruction_voiced"] > 90 and octave["pitch_kept"] == 0
     noise = (0.1 * np.random.default_rng(0).standard_normal(24000)).astype(np.float32)
     shaped = periodicity(voice, noise, 24000)
     assert shaped["reconstruction_voiced"] < 5 and shaped["pitch_kept"] < 5
+    # a voice that goes on 20 ms past the input's (an edge) and buzzes alone later on
+    half = voice.copy()
+    half[12000:] = 0.0
+    rec = half.copy()
+    rec[12000:12480] = voice[12000:12480]     # 2 frames past the edge
+    rec[19200:21600] = voice[19200:21600]     # 10 frames, far from any voiced input frame
+    over = periodicity(half, rec, 24000)
+    assert 10 <= over["over_voiced"] <= 14
+    assert 1 <= over["over_voiced_near_edge"] <= 3
 
 
 def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
