@@ -138,7 +138,8 @@ class AudioDecoder(StreamingModule):
             children["harmonic"] = self.harmonic
         return children
 
-    def spectrum(self, z: torch.Tensor, state: State, oscillator_f0: torch.Tensor | None = None
+    def spectrum(self, z: torch.Tensor, state: State, oscillator_f0: torch.Tensor | None = None,
+                 excitation_gate: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """Latents -> (``[B, 4T, 2F]`` complex spectrum as ``[real, imag]``, the pitch head's
         ``[B, 4T]`` f0 in Hz or None without a harmonic source, new state).
@@ -147,7 +148,8 @@ class AudioDecoder(StreamingModule):
         decoder's own, ``E`` the excitation's DFT and ``g`` a complex gain per bin, relative
         to ``M`` so that the level stays where the magnitudes put it. ``oscillator_f0``
         (training and diagnostics only: a measured pitch, ``[B, 4T]`` Hz, 0 where the pitch
-        head's own is to be used) drives the oscillator instead of the pitch head."""
+        head's own is to be used) drives the oscillator instead of the pitch head.
+        ``excitation_gate`` (diagnostics only: ``[B, 4T]``) scales ``E`` per frame."""
         h, s_tr = self.transformer.step(self.input_proj(z), substate(state, "transformer"))
         b, t, _ = h.shape
         h = self.ungroup_proj(h).reshape(b, t * self.cfg.stft_frames_per_latent, -1)
@@ -163,6 +165,8 @@ class AudioDecoder(StreamingModule):
             drive = f0 if oscillator_f0 is None else torch.where(oscillator_f0 > 0,
                                                                    oscillator_f0.to(f0), f0)
             exc, s_h = self.harmonic.step(drive, substate(state, "harmonic"))
+            if excitation_gate is not None:
+                exc = exc * excitation_gate[..., None].to(exc)
             e_re, e_im = exc.chunk(2, dim=-1)
             g_re, g_im = self.harmonic_proj(h).chunk(2, dim=-1)
             re = re + g_re * e_re - g_im * e_im
@@ -171,11 +175,12 @@ class AudioDecoder(StreamingModule):
         return torch.cat([mag * re, mag * im], dim=-1), f0, new
 
     def step_with_f0(self, z: torch.Tensor, state: State,
-                     oscillator_f0: torch.Tensor | None = None
+                     oscillator_f0: torch.Tensor | None = None,
+                     excitation_gate: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """:meth:`step` that also returns the pitch head's f0 (for its training loss), and
-        takes :meth:`spectrum`'s ``oscillator_f0``."""
-        spec, f0, new = self.spectrum(z, state, oscillator_f0)
+        takes :meth:`spectrum`'s ``oscillator_f0`` and ``excitation_gate``."""
+        spec, f0, new = self.spectrum(z, state, oscillator_f0, excitation_gate)
         wav, s_ola = self.overlap_add.step(spec @ self.basis, substate(state, "ola"))
         return wav, f0, {**new, **with_prefix("ola", s_ola)}
 

@@ -23,6 +23,10 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   head's error against YIN on the voiced frames (octaves; share within 5 %), and the same latents decoded with
   the oscillator driven by the input's own YIN pitch where it is voiced: what the harmonic
   source gives once its pitch head is right.
+* **Oracle voicing gate** (harmonic source only): the same latents decoded with the
+  excitation switched off where the input is unvoiced (``voicing_gate``; and with the voiced
+  frames widened by ``VOICING_GATE_WIDEN`` each side): whether the excitation the decoder
+  puts outside the input's voiced frames (the over-voicing above) costs or helps.
 """
 
 from __future__ import annotations
@@ -129,6 +133,36 @@ def decode_with_input_pitch(model, z: np.ndarray, wav: np.ndarray) -> np.ndarray
     return y[0, :wav.size].numpy().astype(np.float32)
 
 
+VOICING_GATE_WIDEN = 2  # frames each side: the widened gate keeps the voicing edges
+
+
+def decode_with_voicing_gate(model, z: np.ndarray, wav: np.ndarray, widen: int = 0
+                             ) -> np.ndarray:
+    """Latents ``[T, D]`` decoded (torch) with the harmonic excitation switched off on the
+    frames where ``wav`` is unvoiced (YIN; voiced frames widened by ``widen`` each side),
+    aligned with ``wav``: what a perfect voicing decision would give, if the excitation
+    outside the input's voiced frames were an error."""
+    import torch
+    import torch.nn.functional as F
+
+    from f3stream.alignment import align_decoded
+
+    from .pitch import yin_pitch
+
+    ae = model.cfg.autoencoder
+    zt = torch.from_numpy(np.ascontiguousarray(z))[None]
+    n = zt.shape[1] * ae.stft_frames_per_latent
+    _, voiced = yin_pitch(torch.from_numpy(wav)[None], ae.sample_rate, ae.stft_hop, n)
+    gate = voiced.float()
+    if widen:
+        gate = F.max_pool1d(gate[None], 2 * widen + 1, 1, widen)[0]
+    dec = model.decoder
+    with torch.no_grad():
+        y, _, state = dec.step_with_f0(zt, dec.init_state(1), excitation_gate=gate)
+        y = align_decoded(y, dec.tail(state), ae.decoder_delay)
+    return y[0, :wav.size].numpy().astype(np.float32)
+
+
 def clips_per_source(manifest: str, split: str, per_source: int, seed: int = 0):
     """Up to ``per_source`` clips of each source of the split, in a seeded order, and the
     count per source: the held-out clips both diagnostics score."""
@@ -197,6 +231,10 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
             add("oracle_pitch", "pesq_wb", pesq_wb(wav, oracle, sr))
             for key, value in periodicity(wav, oracle, sr).items():
                 counts["oracle_" + key] = counts.get("oracle_" + key, 0) + value
+            for name, widen in (("voicing_gate", 0), ("voicing_gate_widened", VOICING_GATE_WIDEN)):
+                gated = decode_with_voicing_gate(tok.model, z, wav, widen)
+                add(name, "stoi", stoi(wav, gated, sr))
+                add(name, "pesq_wb", pesq_wb(wav, gated, sr))
         if figure and figure_clip is None and voicing["input_voiced"] > 100:
             figure_clip = (clip, wav, rec, oracle)
         for key, y in swapped(wav, rec, seed).items():

@@ -161,6 +161,47 @@ def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
     assert pitch_head_error(model, z, voice).max() < 0.01
 
 
+def test_voicing_gate_silences_the_excitation_only_where_the_input_is_unvoiced(tiny_config):
+    """Loud harmonic gains, near-zero magnitudes of the decoder's own: the output is the
+    excitation. Gated by an input voiced in its first half only, the output keeps its first
+    half (as decoded without a gate) and falls silent in its second."""
+    from dataclasses import replace
+
+    import torch
+
+    from f3stream.alignment import align_decoded
+    from f3stream.model import F3Model
+    from training.diagnose_decoder import decode_with_voicing_gate
+
+    cfg = replace(tiny_config, autoencoder=replace(tiny_config.autoencoder,
+                                                   harmonic_source=True))
+    torch.manual_seed(0)
+    model = F3Model(cfg).eval()
+    with torch.no_grad():
+        model.decoder.harmonic_proj.bias[:model.decoder.harmonic_proj.out_features // 2] = 20.0
+        model.decoder.out_proj.weight.zero_()      # magnitudes 1, phases 0 in every bin
+        model.decoder.out_proj.bias.zero_()
+    t = np.arange(24000) / 24000
+    voice = (0.1 * sum(np.sin(2 * np.pi * k * 180 * t) / k for k in range(1, 8))
+             ).astype(np.float32)
+    voice[12000:] = 0.0
+    z = np.random.default_rng(0).standard_normal((25, cfg.autoencoder.latent_dim)
+                                                 ).astype(np.float32)
+    dec, ae = model.decoder, cfg.autoencoder
+    with torch.no_grad():
+        y, _, state = dec.step_with_f0(torch.from_numpy(z)[None], dec.init_state(1))
+        plain = align_decoded(y, dec.tail(state), ae.decoder_delay)[0, :24000].numpy()
+    gated = decode_with_voicing_gate(model, z, voice)
+    widened = decode_with_voicing_gate(model, z, voice, widen=2)
+    # the harmonics are 20x the decoder's own unit spectrum: the gate removes ~all of it
+    first, second = slice(1000, 10000), slice(15000, 24000)
+    np.testing.assert_allclose(gated[first], plain[first], rtol=0, atol=1e-5)
+    assert np.abs(gated[second]).max() < 0.1 * np.abs(plain[second]).max()
+    # widened by 2 frames, the gate ends 20 ms later: more of the output survives
+    edge = slice(12000, 13000)
+    assert np.abs(widened[edge]).sum() > 1.5 * np.abs(gated[edge]).sum()
+
+
 def test_narrowband_figure_is_written(tmp_path):
     import pytest
 
