@@ -116,11 +116,11 @@ def test_a_discriminator_joins_a_run_that_had_none(tmp_path, capsys):
     assert meta["fresh"] == []                    # saved with the run from then on
 
 
-@pytest.mark.parametrize("change", ["blocks", "harmonic"])
+@pytest.mark.parametrize("change", ["blocks", "layers", "harmonic"])
 def test_grow_adds_decoder_parts_without_changing_the_output(tmp_path, change):
-    """More ConvNeXt blocks (the grown model computes what the old one did), or a harmonic
-    source (the same, but for the harmonics its initial gains add); training the grown run
-    moves the new parameters."""
+    """More ConvNeXt blocks or transformer layers (the grown model computes what the old one
+    did), or a harmonic source (the same, but for the harmonics its initial gains add);
+    training the grown run moves the new parameters."""
     from training.grow import grow
     from training.train import train_autoencoder
 
@@ -131,8 +131,10 @@ def test_grow_adds_decoder_parts_without_changing_the_output(tmp_path, change):
     big.manifest = cfg.manifest
     big.autoencoder = cfg.autoencoder
     n = cfg.model.autoencoder.decoder_conv_blocks
-    grown = ({"decoder_conv_blocks": n + 2} if change == "blocks"
-             else {"harmonic_source": True})
+    n_enc, n_dec = cfg.model.autoencoder.encoder_layers, cfg.model.autoencoder.decoder_layers
+    grown = {"blocks": {"decoder_conv_blocks": n + 2},
+             "layers": {"encoder_layers": n_enc + 1, "decoder_layers": n_dec + 2},
+             "harmonic": {"harmonic_source": True}}[change]
     big.model = replace(cfg.model, autoencoder=replace(cfg.model.autoencoder, **grown))
     path = grow(tmp_path / "small", cfg, big, tmp_path / "big")
     models = {}
@@ -154,6 +156,12 @@ def test_grow_adds_decoder_parts_without_changing_the_output(tmp_path, change):
     if change == "blocks":
         assert len(models["big"].decoder.convs.layers) == n + 2
         assert model.decoder.convs.layers[n].gamma.abs().sum() > 0
+    elif change == "layers":
+        assert len(model.encoder.transformer.layers) == n_enc + 1
+        assert len(model.decoder.transformer.layers) == n_dec + 2
+        for layer in (model.encoder.transformer.layers[n_enc],
+                      model.decoder.transformer.layers[n_dec + 1]):
+            assert layer.attn.out.weight.abs().sum() > 0 and layer.mlp[2].weight.abs().sum() > 0
     else:
         assert model.decoder.harmonic_proj.weight.abs().sum() > 0
         header, *rows = (tmp_path / "big/autoencoder/log.csv").read_text().splitlines()
