@@ -124,15 +124,14 @@ def test_periodicity_counts_kept_pitch_and_shaped_noise():
     assert 1 <= over["over_voiced_near_edge"] <= 3
 
 
-def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
-    """With loud harmonic gains and a flat spectrum, latents decoded at the input's measured
-    pitch come out periodic at that pitch (what the oracle-pitch diagnosis scores)."""
+def loud_harmonic_case(tiny_config):
+    """A tiny decoder with a harmonic source whose gains are loud (20x a flat unit spectrum),
+    a one-second 180 Hz voice, and random latents: (model, voice, z)."""
     from dataclasses import replace
 
     import torch
 
     from f3stream.model import F3Model
-    from training.diagnose_decoder import decode_with_input_pitch
 
     cfg = replace(tiny_config, autoencoder=replace(tiny_config.autoencoder,
                                                    harmonic_source=True))
@@ -147,6 +146,17 @@ def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
              ).astype(np.float32)
     z = np.random.default_rng(0).standard_normal((25, cfg.autoencoder.latent_dim)
                                                  ).astype(np.float32)
+    return model, voice, z
+
+
+def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
+    """With loud harmonic gains and a flat spectrum, latents decoded at the input's measured
+    pitch come out periodic at that pitch (what the oracle-pitch diagnosis scores)."""
+    import torch
+
+    from training.diagnose_decoder import decode_with_input_pitch
+
+    model, voice, z = loud_harmonic_case(tiny_config)
     out = decode_with_input_pitch(model, z, voice)
     assert out.shape == voice.shape
     counts = periodicity(voice, out, 24000)
@@ -162,32 +172,16 @@ def test_oracle_pitch_decode_follows_the_input_pitch(tiny_config):
 
 
 def test_voicing_gate_silences_the_excitation_only_where_the_input_is_unvoiced(tiny_config):
-    """Loud harmonic gains, near-zero magnitudes of the decoder's own: the output is the
-    excitation. Gated by an input voiced in its first half only, the output keeps its first
+    """Loud harmonic gains over a flat unit spectrum: the output is mostly the excitation. Gated by an input voiced in its first half only, the output keeps its first
     half (as decoded without a gate) and falls silent in its second."""
-    from dataclasses import replace
-
     import torch
 
     from f3stream.alignment import align_decoded
-    from f3stream.model import F3Model
     from training.diagnose_decoder import decode_with_voicing_gate
 
-    cfg = replace(tiny_config, autoencoder=replace(tiny_config.autoencoder,
-                                                   harmonic_source=True))
-    torch.manual_seed(0)
-    model = F3Model(cfg).eval()
-    with torch.no_grad():
-        model.decoder.harmonic_proj.bias[:model.decoder.harmonic_proj.out_features // 2] = 20.0
-        model.decoder.out_proj.weight.zero_()      # magnitudes 1, phases 0 in every bin
-        model.decoder.out_proj.bias.zero_()
-    t = np.arange(24000) / 24000
-    voice = (0.1 * sum(np.sin(2 * np.pi * k * 180 * t) / k for k in range(1, 8))
-             ).astype(np.float32)
+    model, voice, z = loud_harmonic_case(tiny_config)
     voice[12000:] = 0.0
-    z = np.random.default_rng(0).standard_normal((25, cfg.autoencoder.latent_dim)
-                                                 ).astype(np.float32)
-    dec, ae = model.decoder, cfg.autoencoder
+    dec, ae = model.decoder, model.cfg.autoencoder
     with torch.no_grad():
         y, _, state = dec.step_with_f0(torch.from_numpy(z)[None], dec.init_state(1))
         plain = align_decoded(y, dec.tail(state), ae.decoder_delay)[0, :24000].numpy()
