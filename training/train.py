@@ -116,9 +116,11 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 
 
-def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int | None = None
-                      ) -> F3Model:
-    """Stage 0. ``max_steps`` stops early (as if killed) for tests of ``--resume``."""
+def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int | None = None,
+                      rewarm: bool = False) -> F3Model:
+    """Stage 0. ``max_steps`` stops early (as if killed) for tests of ``--resume``. ``rewarm``
+    (with ``resume``): the config's schedule changed (e.g. more ``steps``), so the rate ramps up
+    from the resumed step over ``warmup_steps`` instead of jumping to the new schedule's value."""
     stage = cfg.autoencoder
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
@@ -150,6 +152,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         start = meta["step"]
         if "rewarm_from" in meta.get("extra", {}):
             extra["rewarm_from"] = meta["extra"]["rewarm_from"]
+        if rewarm:
+            extra["rewarm_from"] = start
         if rank == 0:
             print(f"resumed from {ck} at step {start}"
                   + (f" ({', '.join(meta['fresh'])}: not in the checkpoint, starting fresh)"
@@ -263,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-at", type=int, metavar="STEP",
                         help="stage 0: stop after this step, checkpoint and export written "
                              "(the bundled checkpoint's chain of runs stops each one so)")
+    parser.add_argument("--rewarm", action="store_true",
+                        help="stage 0, with --resume: the config's schedule changed (e.g. more "
+                             "steps); ramp the learning rate up from the resumed step over "
+                             "warmup_steps instead of jumping to the new schedule's rate")
     args = parser.parse_args(argv)
+    if args.rewarm and not args.resume:
+        parser.error("--rewarm continues a run: it needs --resume")
     if args.stop_at is not None and args.stop_at < 1:
         parser.error(f"--stop-at must be a step >= 1, got {args.stop_at}")
     cfg = TrainConfig.load(args.config)
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("autoencoder", "all"):
-        train_autoencoder(cfg, out, args.resume, max_steps=args.stop_at)
+        train_autoencoder(cfg, out, args.resume, max_steps=args.stop_at, rewarm=args.rewarm)
     if args.stage in ("representation", "all"):
         train_representation(cfg, out, args.resume)
     return 0

@@ -3,6 +3,7 @@ growing the decoder of a training checkpoint without changing what it computes, 
 run from an installed checkpoint."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -243,3 +244,40 @@ def test_same_gain_brings_the_real_crop_to_the_reference_level():
     y.requires_grad_(True)
     same_gain_to_reference(x, y)[1].sum().backward()
     assert y.grad is not None and y.grad.abs().sum() > 0
+
+
+def test_rewarm_ramps_the_rate_when_a_finished_schedule_is_extended(tmp_path):
+    """A run that ended its cosine continues under a longer schedule: with ``--rewarm`` the rate
+    climbs from the resumed step over ``warmup_steps`` to the new schedule; without it, the rate
+    jumps there at once (the kick the flag exists to avoid)."""
+    from training.common import lr_at
+    from training.train import main, train_autoencoder
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    short = replace(cfg.autoencoder, steps=4, warmup_steps=2, checkpoint_every=2, min_lr_ratio=0.1)
+    train_autoencoder(replace(cfg, autoencoder=short), tmp_path / "run", resume=False)
+    shutil.copytree(tmp_path / "run", tmp_path / "jump")
+    longer = replace(short, steps=40)
+    train_autoencoder(replace(cfg, autoencoder=longer), tmp_path / "run", resume=True,
+                      max_steps=6, rewarm=True)
+    train_autoencoder(replace(cfg, autoencoder=longer), tmp_path / "run", resume=True,
+                      max_steps=7)                         # a plain resume keeps the ramp's origin
+    train_autoencoder(replace(cfg, autoencoder=longer), tmp_path / "jump", resume=True,
+                      max_steps=5)
+
+    def lrs(run):
+        header, *rows = (tmp_path / run / "autoencoder/log.csv").read_text().splitlines()
+        return {int(r["step"]): float(r["lr"])
+                for r in (dict(zip(header.split(","), row.split(","))) for row in rows)}
+
+    ramped, jumped = lrs("run"), lrs("jump")
+    assert sorted(ramped) == [1, 2, 3, 4, 5, 6, 7]
+    for done in (5, 6, 7):                  # the row of step `done` trained step done - 1
+        ramp = min(1.0, (done - 4) / 2)
+        assert ramped[done] == pytest.approx(lr_at(done - 1, longer) * ramp, rel=1e-3)
+    assert ramped[5] < 0.6 * jumped[5]
+    assert jumped[5] == pytest.approx(lr_at(4, longer), rel=1e-3)
+    assert jumped[5] > 3 * lr_at(short.steps, short)   # far above the finished cosine's floor
+    with pytest.raises(SystemExit):
+        main(["autoencoder", "--config", str(tmp_path / "none.json"), "--out",
+              str(tmp_path / "x"), "--rewarm"])
