@@ -23,6 +23,10 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   head's error against YIN on the voiced frames (octaves; share within 5 %), and the same latents decoded with
   the oscillator driven by the input's own YIN pitch where it is voiced: what the harmonic
   source gives once its pitch head is right.
+* **Harmonicity per band.** On the frames the input calls voiced, the power at the input's
+  harmonics (``k * f0``) over the power half-way between them, in dB, per frequency band,
+  for the input and the reconstruction (and the oracle-pitch decode): where a decoder
+  renders the harmonics and where it answers with noise shaped like their envelope (~0 dB).
 * **Oracle voicing gate** (harmonic source only): the same latents decoded with the
   excitation switched off where the input is unvoiced (``voicing_gate``; and with the voiced
   frames widened by ``VOICING_GATE_WIDEN`` each side): whether the excitation the decoder
@@ -97,6 +101,52 @@ def periodicity(wav: np.ndarray, rec: np.ndarray, sample_rate: int) -> dict[str,
     return {"frames": n, "input_voiced": int(vx.sum()), "reconstruction_voiced": int(vy.sum()),
             "pitch_kept": int((both & (ratio < PITCH_TOLERANCE_OCTAVES)).sum()),
             "over_voiced": int(over.sum()), "over_voiced_near_edge": int((over & near).sum())}
+
+
+HARMONICITY_BANDS_HZ = ((0, 1000), (1000, 2000), (2000, 4000), (4000, 8000))
+HARMONICITY_N_FFT = 1024  # 43 ms at 24 kHz: bins of 23 Hz, a quarter of a 94 Hz f0's spacing
+
+
+def band_name(lo: int, hi: int) -> str:
+    return f"{lo / 1000:g}-{hi / 1000:g} kHz"
+
+
+def band_harmonicity(signals: dict[str, np.ndarray], wav: np.ndarray, sample_rate: int
+                     ) -> dict[str, dict[str, list[float]]]:
+    """``{band: {name: [dB per voiced frame]}}``: for each 10 ms frame where ``wav`` is voiced
+    (YIN) and each signal of ``signals`` (``wav`` among them, as a rule), the power spectrum
+    (Hann, ``HARMONICITY_N_FFT`` points, centred on the frame) read at the input's harmonics
+    ``k * f0`` over the power read half-way between them, summed within each band of
+    ``HARMONICITY_BANDS_HZ``. Harmonics give tens of dB, noise about 0."""
+    import torch
+
+    from .pitch import yin_pitch
+
+    hop = sample_rate // 100
+    n = wav.size // hop
+    f0, voiced = yin_pitch(torch.from_numpy(wav)[None], sample_rate, hop, n)
+    frames = np.flatnonzero(voiced[0].numpy())
+    f0 = f0[0].numpy()[frames]
+    half = HARMONICITY_N_FFT // 2
+    bins = np.fft.rfftfreq(HARMONICITY_N_FFT, 1.0 / sample_rate)
+    starts = frames * hop + hop // 2          # frame centres, in the signal padded by ``half``
+    window = np.hanning(HARMONICITY_N_FFT + 1)[:-1]
+    out: dict[str, dict[str, list[float]]] = {band_name(*b): {} for b in HARMONICITY_BANDS_HZ}
+    for name, x in signals.items():
+        x = np.pad(x[:wav.size].astype(np.float64), (half, half))
+        seg = x[starts[:, None] + np.arange(HARMONICITY_N_FFT)] * window
+        power = np.abs(np.fft.rfft(seg, axis=-1)) ** 2 + 1e-20
+        for lo, hi in HARMONICITY_BANDS_HZ:
+            values = out[band_name(lo, hi)].setdefault(name, [])
+            for row, f in zip(power, f0):
+                k = np.arange(max(1, int(np.ceil(lo / f))), int(hi // f) + 1)
+                k = k[(k * f >= lo) & ((k + 0.5) * f < hi)]
+                if k.size == 0:
+                    continue
+                peaks = np.interp(k * f, bins, row).sum()
+                valleys = np.interp((k + 0.5) * f, bins, row).sum()
+                values.append(float(10.0 * np.log10(peaks / valleys)))
+    return out
 
 
 def pitch_head_error(model, z: np.ndarray, wav: np.ndarray) -> np.ndarray:
@@ -235,6 +285,13 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
                 gated = decode_with_voicing_gate(tok.model, z, wav, widen)
                 add(name, "stoi", stoi(wav, gated, sr))
                 add(name, "pesq_wb", pesq_wb(wav, gated, sr))
+        signals = {"input": wav, "reconstruction": rec}
+        if oracle is not None:
+            signals["oracle_pitch"] = oracle
+        for band, per_signal in band_harmonicity(signals, wav, sr).items():
+            for name, values in per_signal.items():
+                scores.setdefault(f"harmonicity_db {band}", {}).setdefault(name, []
+                                                                           ).extend(values)
         if figure and figure_clip is None and voicing["input_voiced"] > 100:
             figure_clip = (clip, wav, rec, oracle)
         for key, y in swapped(wav, rec, seed).items():

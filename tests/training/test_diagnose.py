@@ -124,6 +124,29 @@ def test_periodicity_counts_kept_pitch_and_shaped_noise():
     assert 1 <= over["over_voiced_near_edge"] <= 3
 
 
+def test_band_harmonicity_tells_harmonics_from_noise_per_band():
+    from training.diagnose_decoder import band_harmonicity
+
+    t = np.arange(24000) / 24000
+
+    def harmonic(f0, top_hz):
+        return 0.1 * sum(np.sin(2 * np.pi * k * f0 * t) / k
+                         for k in range(1, int(top_hz // f0) + 1))
+    voice = harmonic(150.0, 11000).astype(np.float32)
+    noise = 0.003 * np.random.default_rng(0).standard_normal(24000)
+    low_only = (harmonic(150.0, 1000) + noise).astype(np.float32)   # harmonics below 1 kHz
+    got = band_harmonicity({"input": voice, "noise": noise.astype(np.float32),
+                            "low_only": low_only}, voice, 24000)
+    assert list(got) == ["0-1 kHz", "1-2 kHz", "2-4 kHz", "4-8 kHz"]
+    for band, per_signal in got.items():
+        assert len(per_signal["input"]) > 90                     # one value per voiced frame
+        assert np.mean(per_signal["input"]) > 25.0, band
+        assert abs(np.mean(per_signal["noise"])) < 2.0, band
+    assert np.mean(got["0-1 kHz"]["low_only"]) > 25.0
+    for band in ("2-4 kHz", "4-8 kHz"):
+        assert abs(np.mean(got[band]["low_only"])) < 2.0
+
+
 def loud_harmonic_case(tiny_config):
     """A tiny decoder with a harmonic source whose gains are loud (20x a flat unit spectrum),
     a one-second 180 Hz voice, and random latents: (model, voice, z)."""
