@@ -2,6 +2,7 @@
 they claim."""
 
 import numpy as np
+import pytest
 
 from training.diagnose_decoder import periodicity, swapped
 
@@ -230,3 +231,34 @@ def test_narrowband_figure_is_written(tmp_path):
     noise = (0.01 * np.random.default_rng(0).standard_normal(24000)).astype(np.float32)
     path = plot_narrowband(tmp_path / "nb.png", {"input": voice, "noise": noise}, 24000, "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_harmonic_mix_probe_adds_harmonics_only_in_its_band(tiny_config):
+    import torch
+
+    from training.diagnose_decoder import band_harmonicity, decode_with_input_pitch
+    from training.pitch import yin_pitch
+    from training.probe_harmonic_mix import decode_with_harmonic_share, main
+
+    model, voice, z = loud_harmonic_case(tiny_config)
+    with torch.no_grad():                      # gains at zero: the decoder's own spectrum only
+        model.decoder.harmonic_proj.bias.zero_()
+        n_bins = model.decoder.out_proj.out_features // 2
+        model.decoder.out_proj.bias[n_bins:] = torch.from_numpy(
+            np.random.default_rng(1).uniform(-np.pi, np.pi, n_bins)).float()
+    ae = model.cfg.autoencoder
+    zt = torch.from_numpy(z)[None]
+    f0, _ = yin_pitch(torch.from_numpy(voice)[None], ae.sample_rate, ae.stft_hop,
+                      z.shape[0] * ae.stft_frames_per_latent)
+    with torch.no_grad():
+        same = decode_with_harmonic_share(model, zt, f0, (2000.0, 4000.0), None)
+        none = decode_with_harmonic_share(model, zt, f0, (2000.0, 4000.0), 0.0)
+        most = decode_with_harmonic_share(model, zt, f0, (2000.0, 4000.0), 0.9)
+    np.testing.assert_allclose(same[0, :voice.size].numpy(),
+                               decode_with_input_pitch(model, z, voice), atol=1e-5)
+    got = band_harmonicity({"none": none[0, :voice.size].numpy(),
+                            "most": most[0, :voice.size].numpy()}, voice, 24000)
+    assert np.mean(got["2-4 kHz"]["most"]) > np.mean(got["2-4 kHz"]["none"]) + 6.0
+    assert abs(np.mean(got["0-1 kHz"]["most"]) - np.mean(got["0-1 kHz"]["none"])) < 0.5
+    with pytest.raises(SystemExit):
+        main(["--band", "4000", "1000"])
