@@ -6,8 +6,11 @@ with a log-linear extrapolation to a target.
 
 Each argument is ``[LABEL@]STEP=EVAL_DIR`` (a folder holding report.json); points with the
 same label form one series (one line and one fit each; no label: "measured"). The fit is STOI
-(and PESQ-WB) linear in log(steps) over a series' points; the printed line says how many steps
-the fit needs to reach the target. It is an extrapolation of a short curve, not a prediction.
+(and PESQ-WB) linear in log(steps) over a series' points (``--fit log-linear``), or a curve that
+levels off, ``a - b * (steps / 10,000) ** -c`` (``--fit saturating``: its plateau ``a`` says
+whether more steps of the same recipe can reach the target at all); ``--fit-from`` leaves the
+points before a step out of the fit. The printed line says how many steps the fit needs to reach
+the target. It is an extrapolation of a short curve, not a prediction.
 """
 
 from __future__ import annotations
@@ -56,29 +59,82 @@ def steps_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> floa
     return float(math.exp((target - intercept) / slope))
 
 
+SATURATING_UNIT = 10_000.0
+
+
+def fit_saturating(steps: np.ndarray, values: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares ``(a, b, c)`` of ``a - b * (steps / 10,000) ** -c`` with ``b, c > 0``: a
+    curve that rises ever more slowly towards its plateau ``a``. Needs 3 or more points."""
+    from scipy.optimize import curve_fit
+
+    if steps.size < 3:
+        raise ValueError(f"a saturating fit needs 3 or more points, got {steps.size}")
+    s = steps / SATURATING_UNIT
+    spread = float(values.max() - values.min()) or 1e-3
+    (a, b, c), _ = curve_fit(lambda x, a, b, c: a - b * x ** -c, s, values,
+                             p0=(float(values.max()) + spread, spread, 1.0),
+                             bounds=([-np.inf, 0.0, 1e-3], [np.inf, np.inf, 10.0]),
+                             maxfev=20000)
+    return float(a), float(b), float(c)
+
+
+def saturating_steps_to_reach(params: tuple[float, float, float], target: float) -> float:
+    """Steps at which ``a - b * (steps / 10,000) ** -c`` reaches ``target``; inf when the
+    plateau ``a`` lies at or below it."""
+    a, b, c = params
+    if a <= target:
+        return math.inf
+    if b == 0:
+        return 0.0
+    return float(SATURATING_UNIT * (b / (a - target)) ** (1.0 / c))
+
+
+def fitted(kind: str, steps: np.ndarray, values: np.ndarray, target: float):
+    """``(curve(grid) -> values, steps to reach target, text)`` for one series and metric."""
+    if kind == "saturating":
+        a, b, c = fit_saturating(steps, values)
+        need = saturating_steps_to_reach((a, b, c), target)
+        return (lambda g: a - b * (g / SATURATING_UNIT) ** -c), need, f"plateau {a:.3f}"
+    slope, intercept = np.polyfit(np.log(steps), values, 1)
+    return ((lambda g: intercept + slope * np.log(g)), steps_to_reach(steps, values, target),
+            f"{slope * math.log(2):+.4f} per doubling")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.plot_eval_curve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("points", nargs="+", help="[LABEL@]STEP=EVAL_DIR")
     p.add_argument("--target-stoi", type=float, default=0.85)
     p.add_argument("--target-pesq", type=float, default=2.0)
+    p.add_argument("--fit", choices=("log-linear", "saturating"), default="log-linear",
+                   help="log-linear: linear in log(steps); saturating: a - b*(steps/1e4)^-c, "
+                        "whose plateau a bounds what more steps can give (default: log-linear)")
+    p.add_argument("--fit-from", type=int, default=0, metavar="STEP",
+                   help="fit only the points at or after this step (all points are drawn)")
     p.add_argument("--out", type=Path, default=Path("eval-curve.png"))
     args = p.parse_args(argv)
     series = load_series(args.points)
+    need_points = 3 if args.fit == "saturating" else 2
+    fits: dict[tuple[str, str], object] = {}
     for label, (steps, m) in series.items():
-        if steps.size < 2:
-            print(f"{label}: one point, no fit")
+        keep = steps >= args.fit_from
+        if keep.sum() < need_points:
+            print(f"{label}: {int(keep.sum())} point(s) from step {args.fit_from}, no "
+                  f"{args.fit} fit")
             continue
-        need_stoi = steps_to_reach(steps, m["stoi"], args.target_stoi)
-        need_pesq = steps_to_reach(steps, m["pesq_wb"], args.target_pesq)
-        print(f"{label}: log-linear fit over {steps.min()}-{steps.max()}: STOI "
-              f"{args.target_stoi} at ~{need_stoi:,.0f} steps; PESQ-WB {args.target_pesq} at "
-              f"~{need_pesq:,.0f} steps")
+        parts = []
+        for key, name, target in (("stoi", "STOI", args.target_stoi),
+                                  ("pesq_wb", "PESQ-WB", args.target_pesq)):
+            curve, need, text = fitted(args.fit, steps[keep], m[key][keep], target)
+            fits[label, key] = curve
+            parts.append(f"{name} {target} at ~{need:,.0f} steps ({text})")
+        print(f"{label}: {args.fit} fit over {steps[keep].min()}-{steps[keep].max()}: "
+              + "; ".join(parts))
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, key, target in zip(axes, ("stoi", "pesq_wb", "level_db"),
                                (args.target_stoi, args.target_pesq, 0.0)):
@@ -87,14 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             # the level is not extrapolated: a linear axis reads better over one decade
             plot = ax.plot if key == "level_db" else ax.semilogx
             plot(steps, m[key], "o-", color=color, label=label)
-            if key != "level_db" and steps.size >= 2:
-                grid = np.geomspace(steps.min(), steps.max() * 20, 100)
-                slope, intercept = np.polyfit(np.log(steps), m[key], 1)
-                ax.semilogx(grid, intercept + slope * np.log(grid), "--", color=color,
-                            alpha=0.6, label=f"{label}: log-linear fit")
+            if (label, key) in fits:
+                grid = np.geomspace(max(steps.min(), args.fit_from), steps.max() * 20, 100)
+                ax.semilogx(grid, fits[label, key](grid), "--", color=color,
+                            alpha=0.6, label=f"{label}: {args.fit} fit")
         ax.axhline(target, color="k", lw=0.8, ls=":", label="target")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
+        if key == "level_db":
+            ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_xlabel("stage-0 step")
         ax.set_title(key)
         ax.grid(alpha=0.3)

@@ -1,6 +1,9 @@
 """training.diagnose_decoder and diagnose_level: the recombinations and gain sweeps are what
 they claim."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 
@@ -33,8 +36,6 @@ def test_each_swap_takes_magnitude_and_phase_from_the_side_it_names():
 
 
 def test_paired_comparison_of_eval_reports(tmp_path):
-    import json
-
     from training.compare_evals import clips, paired
 
     def report(name, values):
@@ -68,12 +69,6 @@ def test_level_diagnosis_finds_the_gain_that_restores_a_quiet_copy():
 
 
 def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path):
-    import json
-    import math
-
-    import numpy as np
-    import pytest
-
     from training.plot_eval_curve import load_series, main, steps_to_reach
 
     def report(name, stoi):
@@ -96,6 +91,38 @@ def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="LABEL@"):
         load_series(["a@x=somewhere"])
+
+
+def test_saturating_fit_finds_the_plateau_and_says_when_a_target_lies_above_it(tmp_path, capsys):
+    from training.plot_eval_curve import fit_saturating, main, saturating_steps_to_reach
+
+    steps = np.array([20_000, 30_000, 40_000, 50_000, 60_000, 70_000], dtype=float)
+    stoi = 0.83 - 0.12 * (steps / 10_000) ** -0.8
+    a, b, c = fit_saturating(steps, stoi)
+    assert (a, b, c) == pytest.approx((0.83, 0.12, 0.8), rel=1e-3)
+    assert saturating_steps_to_reach((a, b, c), 0.85) == math.inf   # above the plateau
+    # 0.83 - 0.12 s^-0.8 = 0.80  <=>  s = 4^(1/0.8)
+    assert saturating_steps_to_reach((a, b, c), 0.80) == pytest.approx(
+        10_000 * 4 ** 1.25, rel=1e-2)
+    with pytest.raises(ValueError, match="3 or more"):
+        fit_saturating(steps[:2], stoi[:2])
+
+    def report(step, value):
+        d = tmp_path / f"s{step}"
+        d.mkdir()
+        rec = {"stoi": {"mean": value}, "pesq_wb": {"mean": 1.0 + value},
+               "level_db": {"median": 0.0}}
+        (d / "report.json").write_text(json.dumps({"reconstruction": {"all": rec}}))
+        return f"{int(step)}={d}"
+
+    # a point far off the curve before --fit-from must not enter the fit
+    args = [report(10_000, 0.2)] + [report(s, v) for s, v in zip(steps, stoi)]
+    assert main(args + ["--fit", "saturating", "--fit-from", "20000",
+                        "--out", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "saturating fit over 20000-70000" in out and "plateau 0.830" in out
+    assert "STOI 0.85 at ~inf steps" in out
+    assert (tmp_path / "s.png").stat().st_size > 1000
 
 
 def test_periodicity_counts_kept_pitch_and_shaped_noise():
@@ -221,8 +248,6 @@ def test_voicing_gate_silences_the_excitation_only_where_the_input_is_unvoiced(t
 
 
 def test_narrowband_figure_is_written(tmp_path):
-    import pytest
-
     pytest.importorskip("matplotlib")
     from f3stream.evaluation.plots import plot_narrowband
 
