@@ -11,6 +11,13 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   how intelligible the output would be with perfect phase; the input's magnitudes with the
   reconstruction's phases, with perfect magnitudes. Random phases with the input's magnitudes
   are the floor a phase-blind decoder would reach.
+* **Band envelope / fine structure.** The magnitudes split into a coarse part, the energy of
+  each third-octave band in each STFT frame (the resolution STOI and PESQ listen at), and the
+  fine structure within the bands (harmonics, their valleys). The reconstruction's magnitudes
+  rescaled to the input's band energies (its own fine structure and phases kept) say how much
+  of the gap to perfect magnitudes is the band envelope; the input's magnitudes rescaled to
+  the reconstruction's band energies (with the reconstruction's phases), how much is the
+  fine structure.
 * **Noise robustness.** The clean latents decoded with added Gaussian noise of standard
   deviation ``alpha`` (the bottleneck's own perturbation, at inference). When a large
   ``alpha`` costs little, the decoder does not use the latents' fine detail: the information
@@ -62,17 +69,51 @@ def _istft(spec, n: int) -> np.ndarray:
     return torch.istft(spec, SWAP_N_FFT, SWAP_HOP, window=w, length=n).numpy().astype(np.float32)
 
 
-def swapped(wav: np.ndarray, rec: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The recombinations of magnitude and phase described in the module docstring."""
+def third_octave_bands(sample_rate: int, n_fft: int = SWAP_N_FFT) -> np.ndarray:
+    """Band index of each of the ``n_fft // 2 + 1`` STFT bins: the fine band-energy loss's
+    third-octave bands (``training.losses.THIRD_OCTAVE_EDGES_HZ``: from 100 Hz, the bins below
+    in the first band), the last one up to Nyquist."""
+    from .losses import THIRD_OCTAVE_EDGES_HZ
+
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    inner = np.array(THIRD_OCTAVE_EDGES_HZ[1:-1])
+    return np.searchsorted(inner[inner < sample_rate / 2], freqs, side="right")
+
+
+def with_band_energies(mag, reference, bands: np.ndarray):
+    """``mag`` (``[bins, frames]``) rescaled per band and frame to the energy ``reference``
+    has there: ``reference``'s band envelope, ``mag``'s fine structure within each band."""
+    import torch
+
+    index = torch.from_numpy(bands).long()
+    n = int(bands.max()) + 1
+
+    def energy(m):
+        return torch.zeros(n, m.shape[1], dtype=m.dtype).index_add_(0, index, m ** 2)
+
+    gain = torch.sqrt(energy(reference) / energy(mag).clamp(min=1e-20))
+    return mag * gain[index]
+
+
+def swapped(wav: np.ndarray, rec: np.ndarray, seed: int = 0,
+            sample_rate: int = 24000) -> dict[str, np.ndarray]:
+    """The recombinations of magnitude and phase, and of band envelope and fine structure,
+    described in the module docstring."""
     import torch
 
     a, b = _stft(wav), _stft(rec)
     g = torch.Generator().manual_seed(seed)
     rand = torch.rand(a.shape, generator=g, dtype=torch.float64) * 2 * np.pi
+    bands = third_octave_bands(sample_rate)
+    phase_a, phase_b = torch.exp(1j * a.angle()), torch.exp(1j * b.angle())
     return {"reconstruction": rec,
-            "rec_magnitude_input_phase": _istft(b.abs() * torch.exp(1j * a.angle()), wav.size),
-            "input_magnitude_rec_phase": _istft(a.abs() * torch.exp(1j * b.angle()), wav.size),
-            "input_magnitude_random_phase": _istft(a.abs() * torch.exp(1j * rand), wav.size)}
+            "rec_magnitude_input_phase": _istft(b.abs() * phase_a, wav.size),
+            "input_magnitude_rec_phase": _istft(a.abs() * phase_b, wav.size),
+            "input_magnitude_random_phase": _istft(a.abs() * torch.exp(1j * rand), wav.size),
+            "rec_fine_input_band_envelope": _istft(
+                with_band_energies(b.abs(), a.abs(), bands) * phase_b, wav.size),
+            "input_fine_rec_band_envelope": _istft(
+                with_band_energies(a.abs(), b.abs(), bands) * phase_b, wav.size)}
 
 
 PITCH_TOLERANCE_OCTAVES = 0.07  # ~5 %
@@ -294,7 +335,7 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
                                                                            ).extend(values)
         if figure and figure_clip is None and voicing["input_voiced"] > 100:
             figure_clip = (clip, wav, rec, oracle)
-        for key, y in swapped(wav, rec, seed).items():
+        for key, y in swapped(wav, rec, seed, sr).items():
             add(key, "stoi", stoi(wav, y, sr))
             add(key, "pesq_wb", pesq_wb(wav, y, sr))
         for alpha in NOISE_ALPHAS:

@@ -62,10 +62,18 @@ BAND_RESOLUTION = (1024, 256)
 BAND_EDGES_HZ = (0, 300, 600, 900, 1200, 1500, 1800, 2100, 2500, 3000, 3500, 4000, 4700, 5500,
                  6500, 7500, 8700, 10000, 12000)
 BAND_POWER_FLOOR = 1e-4
+# The fine band-energy loss: third-octave bands from 100 Hz (the bins below join the first),
+# the frequency resolution STOI and PESQ listen at, on 21 ms frames every 5.3 ms. Why:
+# setting a reconstruction's energy in these bands and frames to the input's, its own fine
+# structure and phases kept, takes STOI from 0.82 to 0.94 (perfect magnitudes: 0.97); the
+# wide bands above on 43 ms frames, to 0.86-0.90 (``python -m training.diagnose_decoder``).
+FINE_BAND_RESOLUTION = (512, 128)
+THIRD_OCTAVE_EDGES_HZ = (0.0,) + tuple(100.0 * 2.0 ** (k / 3.0) for k in range(1, 22)
+                                       if 100.0 * 2.0 ** (k / 3.0) < 12000) + (12000.0,)
 
 
 def band_energy_loss(my: torch.Tensor, mx: torch.Tensor, band_hz: torch.Tensor | None,
-                     sample_rate: int = 24000) -> torch.Tensor:
+                     sample_rate: int = 24000, edges_hz=BAND_EDGES_HZ) -> torch.Tensor:
     """L1 between log energies of wide bands, per STFT frame (``my``, ``mx``: ``[B, F, T]``
     magnitudes).
 
@@ -73,10 +81,11 @@ def band_energy_loss(my: torch.Tensor, mx: torch.Tensor, band_hz: torch.Tensor |
     a decoder that cannot yet place each harmonic answers with the median: quiet bins come out
     too loud and the loud ones, which carry the energy, 10-15 dB too quiet (measured on real
     speech). Summing power over wide bands before the log scores energy where it is, so
-    level and dynamics are right even before the fine structure is."""
+    level and dynamics are right even before the fine structure is. ``edges_hz``: the bands
+    (``THIRD_OCTAVE_EDGES_HZ`` with ``FINE_BAND_RESOLUTION`` for the fine band loss)."""
     n_bins = my.shape[-2]
     freqs = torch.linspace(0, sample_rate / 2, n_bins, device=my.device)
-    edges = torch.tensor(BAND_EDGES_HZ, dtype=my.dtype, device=my.device)
+    edges = torch.tensor(edges_hz, dtype=my.dtype, device=my.device)
     fb = ((freqs[None, :] >= edges[:-1, None]) & (freqs[None, :] < edges[1:, None])).to(my.dtype)
     ey = torch.einsum("kf,bft->bkt", fb, my.square())
     ex = torch.einsum("kf,bft->bkt", fb, mx.square())

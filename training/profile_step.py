@@ -26,7 +26,8 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
     from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                                  generator_adversarial_losses, same_gain_to_reference)
     from .config import TrainConfig
-    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
+    from .losses import (BAND_RESOLUTION, FINE_BAND_RESOLUTION, THIRD_OCTAVE_EDGES_HZ, LogMel,
+                         band_energy_loss, level_loss, spectral_losses)
     from .pitch import pitch_loss, yin_pitch
     from .train import AutoencoderPart, _batch, load_stage0_sources
 
@@ -67,6 +68,9 @@ def profile(config: str, steps: int, threads: int) -> dict[str, float]:
             loss = loss + stage.band_weight * band_energy_loss(*mags[BAND_RESOLUTION], band, sr)
         if stage.level_weight:
             loss = loss + stage.level_weight * level_loss(*mags[BAND_RESOLUTION], band, sr)
+        if stage.fine_band_weight:
+            loss = loss + stage.fine_band_weight * band_energy_loss(
+                *mags[FINE_BAND_RESOLUTION], band, sr, THIRD_OCTAVE_EDGES_HZ)
         if f0 is not None:
             loss = loss + stage.pitch_weight * pitch_loss(f0, target, voiced)
         t3 = time.perf_counter()

@@ -35,6 +35,39 @@ def test_each_swap_takes_magnitude_and_phase_from_the_side_it_names():
     assert np.corrcoef(out["input_magnitude_rec_phase"][mid], rec[mid])[0, 1] > 0.99
 
 
+def test_band_envelope_swaps_take_the_envelope_and_the_fine_structure_from_the_named_side():
+    from training.diagnose_decoder import third_octave_bands
+
+    bands = third_octave_bands(24000)
+    assert bands.shape == (257,) and bands[0] == 0 and np.all(np.diff(bands) >= 0)
+    # band 10 starts at 100 * 2^(10/3) = 1008 Hz: bin 22 (1031 Hz) is in it, bin 21 (984) not
+    assert bands[22] == 10 and bands[21] == 9
+    t = np.arange(24000) / 24000
+    # input: harmonics of 200 Hz; reconstruction: the same band energies at 1/4 of the level
+    # (a flat gain) but noise for fine structure
+    wav = sum(np.sin(2 * np.pi * 200 * k * t) / k for k in range(1, 20)).astype(np.float32)
+    wav *= 0.3 / np.abs(wav).max()
+    rng = np.random.default_rng(0)
+    rec = (0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    out = swapped(wav, rec)
+    mid = slice(2000, -2000)
+
+    def rms(x):
+        return float(np.sqrt(np.mean(x[mid] ** 2)))
+
+    # the input's band energies on the noise: the input's level, not the noise's (7x lower;
+    # the overlap-add of the rescaled frames loses ~1 dB)
+    assert rms(out["rec_fine_input_band_envelope"]) == pytest.approx(rms(wav), rel=0.2)
+    # ... but still noise: it does not follow the input's waveform
+    assert abs(np.corrcoef(out["rec_fine_input_band_envelope"][mid], wav[mid])[0, 1]) < 0.5
+    # the input's harmonics at the noise's band energies: the noise's level
+    assert rms(out["input_fine_rec_band_envelope"]) == pytest.approx(rms(rec), rel=0.2)
+    # a reconstruction that is the input at another level: its envelope swap is the input
+    same = swapped(wav, 0.25 * wav)
+    np.testing.assert_allclose(same["rec_fine_input_band_envelope"][600:-600],
+                               wav[600:-600], atol=1e-4)
+
+
 def test_paired_comparison_of_eval_reports(tmp_path):
     from training.compare_evals import clips, paired
 

@@ -229,6 +229,35 @@ def test_band_energy_loss_scores_level_not_harmonic_positions():
     assert masked == 0.0
 
 
+def test_fine_band_loss_sees_the_envelope_the_wide_band_loss_smooths_away():
+    """Noise gated on and off every 20 ms against steady noise of the same mean power: the
+    wide bands on 43 ms frames smooth most of the gating away (loss 0.74), the third-octave
+    bands on 21 ms frames every 5 ms do not (2.07). A 10 dB quieter copy scores 2 ln(10^0.5)
+    in every band."""
+    from training.losses import (BAND_RESOLUTION, FINE_BAND_RESOLUTION, THIRD_OCTAVE_EDGES_HZ,
+                                 band_energy_loss)
+
+    assert THIRD_OCTAVE_EDGES_HZ[:3] == pytest.approx((0.0, 125.99, 158.74), abs=0.01)
+    assert THIRD_OCTAVE_EDGES_HZ[-1] == 12000.0 and len(THIRD_OCTAVE_EDGES_HZ) == 22
+    noise = 0.1 * torch.randn(1, 48000, generator=torch.Generator().manual_seed(0))
+    gate = ((torch.arange(48000) // 480) % 2).float()            # 20 ms on, 20 ms off
+    gated, steady = noise * gate, noise * 0.5 ** 0.5
+
+    def losses(y, x, band=None, limit=None):
+        _, _, m = spectral_losses(y, x, band)
+        return (band_energy_loss(*m[BAND_RESOLUTION], limit),
+                band_energy_loss(*m[FINE_BAND_RESOLUTION], limit, 24000, THIRD_OCTAVE_EDGES_HZ))
+
+    wide, fine = losses(steady, gated)
+    assert fine.item() > 2.5 * wide.item()
+    assert losses(gated, gated)[1].item() == 0.0
+    assert losses(noise * 10 ** (-0.5), noise)[1].item() == pytest.approx(
+        2 * np.log(10 ** 0.5), rel=0.02)
+    # bands above the clip's band limit are not scored (here: all, the first ends at 126 Hz)
+    assert losses(noise * 0.1, noise, torch.tensor([4000.0]), torch.tensor([125.0])
+                  )[1].item() == 0.0
+
+
 def test_level_loss_scores_the_total_power_whatever_the_level():
     """Equal signals score 0; a copy g times louder scores |ln g^2| at any input level, and
     power above the item's band limit is not scored."""

@@ -134,6 +134,9 @@ def test_resume_continues_exactly(corpus, tmp_path, capsys):
     _assert_same_export(straight, killed)
     log = (killed / "autoencoder/log.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in log[1:]] == list(range(1, cfg.autoencoder.steps + 1))
+    header = log[0].split(",")
+    for term in ("band", "level", "fine_band"):      # tiny.json turns every loss term on
+        assert all(float(r.split(",")[header.index(term)]) > 0 for r in log[1:]), term
     _run_killed_and_resumed(cfg, tampered, train_autoencoder, tamper="module.model.decoder.")
     a = load_file(str(straight / "export/model.safetensors"))
     b = load_file(str(tampered / "export/model.safetensors"))
