@@ -17,7 +17,8 @@ Two measurements on the same held-out clips, scored with STOI (and PESQ-WB):
   rescaled to the input's band energies (its own fine structure and phases kept) say how much
   of the gap to perfect magnitudes is the band envelope; the input's magnitudes rescaled to
   the reconstruction's band energies (with the reconstruction's phases), how much is the
-  fine structure.
+  fine structure. ``--envelope-sweep``: the first at coarser band layouts and time
+  resolutions.
 * **Noise robustness.** The clean latents decoded with added Gaussian noise of standard
   deviation ``alpha`` (the bottleneck's own perturbation, at inference). When a large
   ``alpha`` costs little, the decoder does not use the latents' fine detail: the information
@@ -69,30 +70,73 @@ def _istft(spec, n: int) -> np.ndarray:
     return torch.istft(spec, SWAP_N_FFT, SWAP_HOP, window=w, length=n).numpy().astype(np.float32)
 
 
-def third_octave_bands(sample_rate: int, n_fft: int = SWAP_N_FFT) -> np.ndarray:
-    """Band index of each of the ``n_fft // 2 + 1`` STFT bins: the fine band-energy loss's
-    third-octave bands (``training.losses.THIRD_OCTAVE_EDGES_HZ``: from 100 Hz, the bins below
-    in the first band), the last one up to Nyquist."""
-    from .losses import THIRD_OCTAVE_EDGES_HZ
-
+def bands_of_bins(edges_hz, sample_rate: int, n_fft: int = SWAP_N_FFT) -> np.ndarray:
+    """Band index of each of the ``n_fft // 2 + 1`` STFT bins for bands with these edges (the
+    first edge 0 Hz; the last band runs up to Nyquist)."""
     freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
-    inner = np.array(THIRD_OCTAVE_EDGES_HZ[1:-1])
+    inner = np.array(edges_hz[1:-1], dtype=float)
     return np.searchsorted(inner[inner < sample_rate / 2], freqs, side="right")
 
 
-def with_band_energies(mag, reference, bands: np.ndarray):
+def third_octave_bands(sample_rate: int, n_fft: int = SWAP_N_FFT) -> np.ndarray:
+    """The fine band-energy loss's third-octave bands (``training.losses.THIRD_OCTAVE_EDGES_HZ``:
+    from 100 Hz, the bins below in the first band) per STFT bin."""
+    from .losses import THIRD_OCTAVE_EDGES_HZ
+
+    return bands_of_bins(THIRD_OCTAVE_EDGES_HZ, sample_rate, n_fft)
+
+
+def envelope_band_schemes(sample_rate: int) -> dict[str, np.ndarray]:
+    """The band layouts of the envelope sweep: third-octave, octave (from 100 Hz) and the wide
+    bands of the band-energy loss (``training.losses.BAND_EDGES_HZ``)."""
+    from .losses import BAND_EDGES_HZ
+
+    octave = (0.0,) + tuple(100.0 * 2.0 ** k for k in range(1, 8)) + (sample_rate / 2,)
+    return {"third-octave": third_octave_bands(sample_rate),
+            "octave": bands_of_bins(octave, sample_rate),
+            "loss wide bands": bands_of_bins(BAND_EDGES_HZ, sample_rate)}
+
+
+ENVELOPE_POOL_FRAMES = (1, 2, 4, 8, 16)   # x 128 samples: 5 to 85 ms at 24 kHz
+
+
+def with_band_energies(mag, reference, bands: np.ndarray, pool_frames: int = 1):
     """``mag`` (``[bins, frames]``) rescaled per band and frame to the energy ``reference``
-    has there: ``reference``'s band envelope, ``mag``'s fine structure within each band."""
+    has there: ``reference``'s band envelope, ``mag``'s fine structure within each band. With
+    ``pool_frames`` > 1 the energies are summed over blocks of that many frames first: the
+    envelope only at that time resolution."""
     import torch
 
     index = torch.from_numpy(bands).long()
     n = int(bands.max()) + 1
 
     def energy(m):
-        return torch.zeros(n, m.shape[1], dtype=m.dtype).index_add_(0, index, m ** 2)
+        e = torch.zeros(n, m.shape[1], dtype=m.dtype).index_add_(0, index, m ** 2)
+        if pool_frames > 1:
+            t = e.shape[1]
+            e = torch.nn.functional.pad(e, (0, (-t) % pool_frames))
+            e = e.reshape(n, -1, pool_frames).sum(-1).repeat_interleave(pool_frames, 1)[:, :t]
+        return e
 
     gain = torch.sqrt(energy(reference) / energy(mag).clamp(min=1e-20))
     return mag * gain[index]
+
+
+def envelope_sweep(wav: np.ndarray, rec: np.ndarray, sample_rate: int
+                   ) -> dict[str, np.ndarray]:
+    """The reconstruction with the input's band energies set at each band layout and time
+    resolution (its own fine structure and phases kept): ``{"BANDS, MS ms": signal}``."""
+    import torch
+
+    a, b = _stft(wav), _stft(rec)
+    phase_b = torch.exp(1j * b.angle())
+    out = {}
+    for name, bands in envelope_band_schemes(sample_rate).items():
+        for k in ENVELOPE_POOL_FRAMES:
+            ms = round(1000 * k * SWAP_HOP / sample_rate)
+            out[f"{name}, {ms} ms"] = _istft(
+                with_band_energies(b.abs(), a.abs(), bands, k) * phase_b, wav.size)
+    return out
 
 
 def swapped(wav: np.ndarray, rec: np.ndarray, seed: int = 0,
@@ -282,7 +326,7 @@ def add_clip_arguments(p: argparse.ArgumentParser, per_source: int) -> None:
 
 
 def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
-             seed: int = 0, figure: str | None = None) -> dict:
+             seed: int = 0, figure: str | None = None, sweep: bool = False) -> dict:
     from f3stream.audio import load_audio
     from f3stream.evaluation.metrics import pesq_wb, stoi
     from f3stream.tokenizer import Tokenizer
@@ -338,6 +382,9 @@ def diagnose(checkpoint: str | None, manifest: str, split: str, per_source: int,
         for key, y in swapped(wav, rec, seed, sr).items():
             add(key, "stoi", stoi(wav, y, sr))
             add(key, "pesq_wb", pesq_wb(wav, y, sr))
+        if sweep:
+            for key, y in envelope_sweep(wav, rec, sr).items():
+                add(f"envelope {key}", "stoi", stoi(wav, y, sr))
         for alpha in NOISE_ALPHAS:
             noisy = (z + alpha * rng.standard_normal(z.shape)).astype(np.float32)
             add(f"latent_noise_{alpha:g}", "stoi", stoi(wav, tok.decode(noisy)[:wav.size], sr))
@@ -395,8 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", help="PNG: narrow-band spectrograms (0-2 kHz) of the first "
                    "clip with over a second of voiced frames: input, reconstruction (and with "
                    "a harmonic source, decoded at the input's pitch)")
+    p.add_argument("--envelope-sweep", action="store_true",
+                   help="also score the reconstruction with the input's band energies at three "
+                        "band layouts and five time resolutions (5-85 ms): which envelope "
+                        "errors cost STOI")
     a = p.parse_args(argv)
-    report = diagnose(a.checkpoint, a.manifest, a.split, a.per_source, a.seed, a.figure)
+    report = diagnose(a.checkpoint, a.manifest, a.split, a.per_source, a.seed, a.figure,
+                      a.envelope_sweep)
     report["command"] = "python -m training.diagnose_decoder " + " ".join(
         sys.argv[1:] if argv is None else argv)
     print_and_write_report(report, a.out)

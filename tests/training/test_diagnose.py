@@ -68,6 +68,29 @@ def test_band_envelope_swaps_take_the_envelope_and_the_fine_structure_from_the_n
                                wav[600:-600], atol=1e-4)
 
 
+def test_envelope_sweep_restores_the_envelope_only_at_the_resolution_it_names():
+    from training.diagnose_decoder import envelope_sweep
+
+    rng = np.random.default_rng(1)
+    wav = (0.1 * rng.standard_normal(24000)).astype(np.float32)
+    out = envelope_sweep(wav, 0.25 * wav, 24000)      # a flat gain: every layout undoes it
+    assert len(out) == 15 and "third-octave, 5 ms" in out and "loss wide bands, 85 ms" in out
+    for key, y in out.items():
+        np.testing.assert_allclose(y[600:-600], wav[600:-600], atol=1e-4, err_msg=key)
+    # input gated 40 ms on / 40 ms off, reconstruction steady: 5 ms frames bring the gaps
+    # back, 85 ms frames (longer than a gap) cannot
+    gate = ((np.arange(24000) // 960) % 2).astype(np.float32)
+    steady = (0.05 * rng.standard_normal(24000)).astype(np.float32)
+    out = envelope_sweep(wav * gate, steady, 24000)
+    gaps = (gate == 0) & (np.arange(24000) % 960 > 240) & (np.arange(24000) % 960 < 720)
+    gaps[:2000] = gaps[-2000:] = False
+
+    def gap_rms(key):
+        return float(np.sqrt(np.mean(out[key][gaps] ** 2)))
+
+    assert gap_rms("third-octave, 5 ms") < 0.2 * gap_rms("third-octave, 85 ms")
+
+
 def test_paired_comparison_of_eval_reports(tmp_path):
     from training.compare_evals import clips, paired
 
