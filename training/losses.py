@@ -65,8 +65,9 @@ BAND_POWER_FLOOR = 1e-4
 # The fine band-energy loss: third-octave bands from 100 Hz (the bins below join the first),
 # the frequency resolution STOI and PESQ listen at, on 21 ms frames every 5.3 ms. Why:
 # setting a reconstruction's energy in these bands and frames to the input's, its own fine
-# structure and phases kept, takes STOI from 0.82 to 0.94 (perfect magnitudes: 0.97); the
-# wide bands above on 43 ms frames, to 0.86-0.90 (``python -m training.diagnose_decoder``).
+# structure and phases kept, takes STOI from 0.82 to 0.94 (perfect magnitudes: 0.96); in the
+# wide bands above, to 0.86 on 43 ms frames and 0.90 on 5 ms ones (``python -m
+# training.diagnose_decoder --envelope-sweep``, docs/diagnose/envelope-72500.json).
 FINE_BAND_RESOLUTION = (512, 128)
 THIRD_OCTAVE_EDGES_HZ = (0.0,) + tuple(100.0 * 2.0 ** (k / 3.0) for k in range(1, 22)
                                        if 100.0 * 2.0 ** (k / 3.0) < 12000) + (12000.0,)
@@ -74,8 +75,8 @@ THIRD_OCTAVE_EDGES_HZ = (0.0,) + tuple(100.0 * 2.0 ** (k / 3.0) for k in range(1
 
 def band_energy_loss(my: torch.Tensor, mx: torch.Tensor, band_hz: torch.Tensor | None,
                      sample_rate: int = 24000, edges_hz=BAND_EDGES_HZ) -> torch.Tensor:
-    """L1 between log energies of wide bands, per STFT frame (``my``, ``mx``: ``[B, F, T]``
-    magnitudes).
+    """L1 between log energies of bands (wide ones by default), per STFT frame (``my``, ``mx``:
+    ``[B, F, T]`` magnitudes).
 
     Why: per-bin log losses (log-magnitude, log-mel) score every time-frequency bin alike, and
     a decoder that cannot yet place each harmonic answers with the median: quiet bins come out
