@@ -107,6 +107,17 @@ def _batch(src, step: int, batch_size: int, rank: int):
     return src.batch(step, batch_size, rank), None
 
 
+def _out_of_time(mine: bool, world: int, device: torch.device) -> bool:
+    """Whether any rank's time budget is spent (all ranks must stop at the same step)."""
+    if world == 1:
+        return mine
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(mine)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     """``ema = d * ema + (1 - d) * model``, with ``d`` warming up as ``(1 + s) / (10 + s)`` so
@@ -118,10 +129,13 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 
 def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int | None = None,
-                      rewarm: bool = False) -> F3Model:
+                      rewarm: bool = False, max_seconds: float | None = None) -> F3Model:
     """Stage 0. ``max_steps`` stops early (as if killed) for tests of ``--resume``. ``rewarm``
     (with ``resume``): the config's schedule changed (e.g. more ``steps``), so the rate ramps up
-    from the resumed step over ``warmup_steps`` instead of jumping to the new schedule's value."""
+    from the resumed step over ``warmup_steps`` instead of jumping to the new schedule's value.
+    ``max_seconds``: stop after the first step that ends past this much training time (the
+    set-up not counted), checkpoint and export written: a lent GPU's minutes are a fixed
+    budget (``training.gpu_burst``)."""
     stage = cfg.autoencoder
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
@@ -236,6 +250,9 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         if ema is not None:
             update_ema(ema, model, stage.ema_decay, step)
         done = step + 1
+        if max_seconds is not None and _out_of_time(time.time() - t0 > max_seconds, world,
+                                                     device):
+            end = done
         if done % stage.log_every == 0 or done == end:
             row = {"step": done, "loss": f"{loss.item():.5f}", "mrstft": f"{mr.item():.5f}",
                    "mel": f"{mel.item():.5f}", "complex": f"{cx.item():.5f}", "adv": f"{adv.item():.5f}",
@@ -258,6 +275,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
             export(ema if ema is not None else model, out,
                    {"trained": True, "stage0_steps": done, "stage1_steps": 0,
                                 "seed": cfg.seed})
+        if done == end:
+            break
     check_ranks_in_sync(ae, world, rank, "stage 0")
     return model
 
@@ -278,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage 0, with --resume: the config's schedule changed (e.g. more "
                              "steps); ramp the learning rate up from the resumed step over "
                              "warmup_steps instead of jumping to the new schedule's rate")
+    parser.add_argument("--max-minutes", type=float, metavar="MIN",
+                        help="stage 0: stop once this much training time has passed, "
+                             "checkpoint and export written (e.g. a lent GPU's minutes)")
     args = parser.parse_args(argv)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.rewarm and not args.resume:
         parser.error("--rewarm continues a run: it needs --resume")
     if args.stop_at is not None and args.stop_at < 1:
@@ -289,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("autoencoder", "all"):
-        train_autoencoder(cfg, out, args.resume, max_steps=args.stop_at, rewarm=args.rewarm)
+        train_autoencoder(cfg, out, args.resume, max_steps=args.stop_at, rewarm=args.rewarm,
+                          max_seconds=None if args.max_minutes is None
+                          else 60.0 * args.max_minutes)
     if args.stage in ("representation", "all"):
         train_representation(cfg, out, args.resume)
     return 0

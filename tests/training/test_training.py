@@ -90,6 +90,20 @@ def test_stop_at_ends_stage0_with_a_checkpoint_at_that_step(corpus, tmp_path):
         main(argv + ["--stop-at", "0"])
 
 
+def test_max_minutes_ends_stage0_on_its_time_budget_with_a_checkpoint(corpus, tmp_path):
+    from training.train import main
+
+    argv = ["autoencoder", "--config", str(ROOT / "training/configs/tiny.json"),
+            "--manifest", str(corpus), "--out", str(tmp_path)]
+    assert main(argv + ["--max-minutes", "1e-6"]) == 0      # spent after the first step
+    assert (tmp_path / "autoencoder/checkpoints/latest").read_text() == "step-0000001"
+    assert f3stream.load(tmp_path / "export").info["stage0_steps"] == 1
+    rows = (tmp_path / "autoencoder/log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("1,")
+    with pytest.raises(SystemExit):
+        main(argv + ["--max-minutes", "0"])
+
+
 def _scale_saved_weights(ckpt: Path, prefix: str, factor: float) -> None:
     """Edits a saved training state in place: the weights under ``prefix`` times ``factor``."""
     from safetensors.torch import save_file
