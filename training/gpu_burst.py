@@ -4,8 +4,9 @@ Why a kit: a lent GPU (the `device` tool) gives minutes, not hours, and takes at
 of working tree and carried files, of which the tracked tree is already most; the packed
 corpus is 1.5 GB. So the burst starts from the bundled checkpoint (in the tree already) and
 carries a subset of the training voices compressed with Opus (~31 kbps at the default
-``--compression``: PESQ-WB 4.2 and STOI 0.99 against the original on a measured sample, far
-above what the model reaches, so the codec's artefacts are not what it learns), plus the
+``--compression``: PESQ-WB 4.0 and STOI 0.99 against the original on a 20 s sample, far
+above what the model reaches, so the codec's artefacts are not what it learns; the bundle
+measures and records them, docs/gpu-burst/bundle.json), plus the
 soundfile wheels that decode it there. Three steps:
 
     # 1. here: ~18 MiB of Opus audio from every training voice + the burst's config
