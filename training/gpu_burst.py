@@ -68,6 +68,12 @@ def choose_clips(speakers: np.ndarray, lengths: np.ndarray, candidates: np.ndarr
     return np.array(sorted(chosen), dtype=np.int64)
 
 
+def clip_audio(corpus, clips: np.ndarray) -> np.ndarray:
+    """The int16 samples of ``clips`` of a packed corpus, back to back."""
+    return np.concatenate([corpus.audio[corpus.offsets[i]:corpus.offsets[i] + corpus.lengths[i]]
+                           for i in clips])
+
+
 def tracked_tree_bytes(repo: Path) -> int:
     """Bytes of the files git tracks (what every device call sends besides the carried ones)."""
     out = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True)
@@ -87,8 +93,7 @@ def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression:
     sr = corpus.sample_rate
     # measure the codec's bit rate and quality on a sample before sizing the subset
     sample = choose_clips(corpus.speakers, corpus.lengths, corpus.select("train"), 20 * sr, seed)
-    x = np.concatenate([corpus.audio[corpus.offsets[i]:corpus.offsets[i] + corpus.lengths[i]]
-                        for i in sample]).astype(np.float32) / 32768.0
+    x = clip_audio(corpus, sample).astype(np.float32) / 32768.0
     probe = out / "probe.opus"
     out.mkdir(parents=True, exist_ok=True)
     sf.write(probe, x, sr, format="OGG", subtype="OPUS", compression_level=compression)
@@ -105,8 +110,7 @@ def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression:
                          budget - val_budget, seed)
     val = choose_clips(corpus.speakers, corpus.lengths, corpus.select("val"), val_budget, seed)
     clips = np.concatenate([train, val])
-    audio = np.concatenate([corpus.audio[corpus.offsets[i]:corpus.offsets[i] + corpus.lengths[i]]
-                            for i in clips])
+    audio = clip_audio(corpus, clips)
     lengths = corpus.lengths[clips]
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     tmp = out / (AUDIO_FILE + ".tmp")
