@@ -193,6 +193,10 @@ def _summary(result: MicResult, elapsed: float, stopped_by: str,
           + (f"; decode p50 {pct(s.decode_ms, 50):.1f} ms" if s.decode_ms else ""))
     print(f"  dropped input blocks {s.dropped_blocks}, input overflows {s.overflows}"
           + (f", playback underruns {playback.underruns}" if playback is not None else ""))
+    if playback is not None:
+        print(f"  played back {playback.played / sr:.2f} s of the reconstruction"
+              + (f"; {playback.abandoned / sr:.2f} s still queued when the device closed "
+                 "(not played)" if playback.abandoned else ""))
     print(f"  wrote {tokens_path}")
     print(f"        {captured_path} (exactly the samples the tokenizer saw)")
     if recon_path is not None:

@@ -27,6 +27,8 @@ class PlaybackBuffer:
         self._prefill = prefill
         self._started = False
         self.underruns = 0
+        self.played = 0      # samples handed to the device (padding not counted)
+        self.abandoned = 0   # samples still queued when the stream was closed
 
     def write(self, pcm: np.ndarray) -> None:
         if pcm.size:
@@ -52,6 +54,7 @@ class PlaybackBuffer:
                 else:
                     self._chunks[0] = c[take:]
             self._size -= got
+            self.played += got
             if got < n:
                 self.underruns += 1
         return out
@@ -87,6 +90,8 @@ def drain_playback(playback: PlaybackBuffer | None, stream: Any, rate: int) -> N
     deadline = time.monotonic() + 2.0
     while playback._size > 0 and time.monotonic() < deadline:
         time.sleep(0.02)
+    with playback._lock:
+        playback.abandoned = playback._size
     try:
         time.sleep(min(0.5, float(getattr(stream, "latency", 0.0) or 0.0)))
         stream.abort()

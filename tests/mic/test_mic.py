@@ -87,6 +87,31 @@ def test_playback_buffer_prefills_then_pads_and_counts_underruns():
     out = b.read(150)
     assert out[:60].tolist() == [1.0] * 60 and out[60:120].tolist() == [2.0] * 60
     assert not out[120:].any() and b.underruns == 1
+    assert b.played == 120                                 # padding is not counted
+
+
+def test_drain_counts_what_the_closed_device_never_played():
+    from f3stream.mic.playback import drain_playback
+
+    class _StalledStream:          # a device whose callback no longer pulls
+        latency = 0.0
+        aborted = closed = False
+
+        def abort(self):
+            self.aborted = True
+
+        def close(self):
+            self.closed = True
+
+    b = PlaybackBuffer(prefill=0)
+    b.write(np.ones(500, np.float32))
+    b.read(200)
+    stream = _StalledStream()
+    t0 = time.monotonic()
+    drain_playback(b, stream, SR)
+    assert 1.9 < time.monotonic() - t0 < 5                # waited for the 2 s drain, no more
+    assert stream.aborted and stream.closed
+    assert b.played == 200 and b.abandoned == 300
 
 
 def test_resampling_reader_delivers_exactly_what_the_callback_asks():
@@ -385,6 +410,9 @@ def test_mic_resamples_plays_back_and_saves_on_ctrl_c(pulse, played, tok, tmp_pa
         mic.wait_for_audio()
         _play(path, pulse)
         time.sleep(0.5)
+        # where PulseAudio routes the mic's playback stream, for the failure message below
+        streams = subprocess.run(["pactl", "list", "sink-inputs"], env=pulse,
+                                 capture_output=True, text=True, timeout=10).stdout
         mic.proc.send_signal(signal.SIGINT)
         rc, stdout, stderr = mic.finish()
     finally:
@@ -397,4 +425,8 @@ def test_mic_resamples_plays_back_and_saves_on_ctrl_c(pulse, played, tok, tmp_pa
     recon = (out / "reconstruction.wav")
     assert recon.is_file()
     played_back = np.frombuffer(rec_path.read_bytes(), dtype="<i2")
-    assert played_back.size > SR and np.abs(played_back).max() > 100, "nothing was played"
+    assert "played back" in stdout, stdout
+    assert played_back.size > SR and np.abs(played_back).max() > 100, (
+        f"nothing was played: parec took {played_back.size / SR:.1f} s of silence from "
+        f"f3out.monitor\n--- f3stream mic stdout:\n{stdout}\n--- stderr:\n{stderr[-2000:]}"
+        f"\n--- pactl list sink-inputs before Ctrl-C:\n{streams[-3000:]}")
