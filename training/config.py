@@ -51,6 +51,9 @@ class StageConfig:
     noise_gamma_start: float = 0.0
     noise_ramp_steps: int = 0
     autocast_bf16: bool = False         # model in bfloat16 autocast (CPU AMX), losses in float32
+    # Stage 0 trains only the decoder: the encoder's weights, hence the latents the tokenizer
+    # emits (and what stage 1 and the latent LM read), stay as they are.
+    freeze_encoder: bool = False
     # Exponential moving average of the autoencoder's weights (0: off). The export then holds
     # the averaged weights: good at any step of a long run cut into pieces, without waiting
     # for a learning-rate decay.

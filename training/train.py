@@ -46,6 +46,13 @@ class AutoencoderPart(nn.Module):
         super().__init__()
         self.encoder, self.bottleneck, self.decoder = model.encoder, model.bottleneck, model.decoder
         self.delay = model.cfg.autoencoder.decoder_delay
+        self.encoder_frozen = False
+
+    def freeze_encoder(self) -> None:
+        """Train the decoder alone: the encoder gets no gradients (AdamW skips parameters
+        without one, weight decay included) and runs without building a backward graph."""
+        self.encoder_frozen = True
+        self.encoder.requires_grad_(False)
 
     def forward(self, wav: torch.Tensor, with_f0: bool = False,
                 oscillator_f0: torch.Tensor | None = None):
@@ -54,7 +61,9 @@ class AutoencoderPart(nn.Module):
         ``oscillator_f0``: a measured pitch that drives the harmonic source where it is > 0
         (teacher forcing, see ``StageConfig.pitch_teacher_forcing``)."""
         b = wav.shape[0]
-        z = self.bottleneck(self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            z = self.encoder.step(wav, self.encoder.init_state(b, wav.device))[0]
+        z = self.bottleneck(z)
         y, f0, state = self.decoder.step_with_f0(z, self.decoder.init_state(b, wav.device),
                                                  oscillator_f0)
         y = align_decoded(y, self.decoder.tail(state), self.delay)
@@ -141,6 +150,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     torch.manual_seed(cfg.seed)
     model = F3Model(cfg.model).to(device)
     ae = AutoencoderPart(model).to(device)
+    if stage.freeze_encoder:
+        ae.freeze_encoder()
     net = nn.parallel.DistributedDataParallel(ae) if world > 1 else ae
     opt_g = torch.optim.AdamW(ae.parameters(), lr=stage.lr, betas=stage.betas,
                               weight_decay=stage.weight_decay)
@@ -173,6 +184,10 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
             print(f"resumed from {ck} at step {start}"
                   + (f" ({', '.join(meta['fresh'])}: not in the checkpoint, starting fresh)"
                      if meta["fresh"] else ""))
+    if stage.freeze_encoder and ema is not None:
+        # the exported (averaged) encoder is the one the tokenizer ships: train the decoder on
+        # its latents; the average of unchanging weights then stays exactly those weights
+        model.encoder.load_state_dict(ema.encoder.state_dict())
     train_src, val_src = load_stage0_sources(cfg, stage)
     val_batches = [b.to(device) for b in val_src.fixed_batches(4, stage.batch_size)]
     final_gamma = cfg.model.autoencoder.noise_gamma

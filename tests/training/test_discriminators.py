@@ -281,3 +281,35 @@ def test_rewarm_ramps_the_rate_when_a_finished_schedule_is_extended(tmp_path):
     with pytest.raises(SystemExit):
         main(["autoencoder", "--config", str(tmp_path / "none.json"), "--out",
               str(tmp_path / "x"), "--rewarm"])
+
+
+def test_a_frozen_encoder_keeps_the_exported_latents_and_the_decoder_learns(tmp_path):
+    """``freeze_encoder``: resumed from a run with an EMA, the decoder trains on the exported
+    (averaged) encoder's latents; the exported encoder stays bit for bit what it was, the
+    decoder moves."""
+    import torch
+
+    from training.checkpointing import latest_checkpoint
+    from training.train import train_autoencoder
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    first = replace(cfg.autoencoder, steps=3, checkpoint_every=3, ema_decay=0.5)
+    train_autoencoder(replace(cfg, autoencoder=first), tmp_path / "run", resume=False)
+
+    def exported(name: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        ck = latest_checkpoint(tmp_path / "run" / "autoencoder")
+        state = load_file(str(Path(ck) / "state.safetensors"))
+        prefix = "module.ema." + name
+        return {k[len("module.ema."):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    enc0, dec0 = exported("encoder."), exported("decoder.")
+    frozen = replace(first, steps=6, freeze_encoder=True)
+    model = train_autoencoder(replace(cfg, autoencoder=frozen), tmp_path / "run", resume=True)
+    enc1, dec1 = exported("encoder."), exported("decoder.")
+    assert enc0.keys() == enc1.keys() and len(enc0) > 0
+    assert all(torch.equal(enc0[k], enc1[k]) for k in enc0)
+    for k, v in model.encoder.state_dict().items():       # the trained copy = the exported one
+        assert torch.equal(v, enc1["encoder." + k])
+    assert any(not torch.equal(dec0[k], dec1[k]) for k in dec0)
