@@ -42,6 +42,7 @@ class StageConfig:
     band_weight: float = 0.0            # log wide-band energy loss (level and dynamics)
     level_weight: float = 0.0           # log total-power loss (the RMS level)
     fine_band_weight: float = 0.0       # log third-octave band energy loss on 5 ms frames
+    phase_advance_weight: float = 0.0   # per-bin phase advance (instantaneous frequency) loss
     pitch_weight: float = 1.0           # the harmonic source's pitch head (octaves, voiced frames)
     # Share of the items whose oscillator runs at the measured (YIN) pitch where voiced,
     # instead of the pitch head's: the harmonic gains learn before the pitch head is right.

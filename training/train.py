@@ -32,7 +32,7 @@ from .config import StageConfig, TrainConfig
 from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                              generator_adversarial_losses, same_gain_to_reference)
 from .losses import (BAND_RESOLUTION, FINE_BAND_RESOLUTION, THIRD_OCTAVE_EDGES_HZ, LogMel,
-                     band_energy_loss, level_loss, spectral_losses)
+                     band_energy_loss, level_loss, phase_advance_loss, spectral_losses)
 from .pitch import pitch_loss, yin_pitch
 from .representation_stage import train_representation
 from .segments import LevelAugmentation, PackedSegmentSource, SegmentSource
@@ -209,7 +209,9 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         fb = (band_energy_loss(*mags[FINE_BAND_RESOLUTION], band,
                                cfg.model.autoencoder.sample_rate, THIRD_OCTAVE_EDGES_HZ)
               if stage.fine_band_weight else y.new_zeros(()))
-        return mr, logmel.loss(y, x, band, mags), cx, be, lv, fb
+        pa = (phase_advance_loss(y, x, band, cfg.model.autoencoder.sample_rate)
+              if stage.phase_advance_weight else y.new_zeros(()))
+        return mr, logmel.loss(y, x, band, mags), cx, be, lv, fb, pa
 
     harmonic = cfg.model.autoencoder.harmonic_source
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
@@ -240,10 +242,10 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16):
             y, f0 = net(x, with_f0=True, oscillator_f0=forced)
         y = y.float()
-        mr, mel, cx, be, lv, fb = recon_losses(y, x, band)
+        mr, mel, cx, be, lv, fb, pa = recon_losses(y, x, band)
         loss = (stage.mrstft_weight * mr + stage.mel_weight * mel
                 + stage.complex_weight * cx + stage.band_weight * be + stage.level_weight * lv
-                + stage.fine_band_weight * fb)
+                + stage.fine_band_weight * fb + stage.phase_advance_weight * pa)
         pl = torch.zeros((), device=device)
         if f0 is not None:
             pl = pitch_loss(f0, target, voiced)
@@ -279,6 +281,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                 row["pitch"] = f"{pl.item():.5f}"
             if stage.fine_band_weight:
                 row["fine_band"] = f"{fb.item():.5f}"
+            if stage.phase_advance_weight:
+                row["phase_advance"] = f"{pa.item():.5f}"
             if done % stage.eval_every == 0 or done == stage.steps:
                 ae.eval()
                 with torch.no_grad():

@@ -313,3 +313,15 @@ def test_a_frozen_encoder_keeps_the_exported_latents_and_the_decoder_learns(tmp_
     for k, v in model.encoder.state_dict().items():       # the trained copy = the exported one
         assert torch.equal(v, enc1["encoder." + k])
     assert any(not torch.equal(dec0[k], dec1[k]) for k in dec0)
+
+
+def test_the_phase_advance_term_trains_and_is_logged(tmp_path):
+    from training.train import train_autoencoder
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    stage = replace(cfg.autoencoder, steps=2, log_every=1, phase_advance_weight=1.0)
+    train_autoencoder(replace(cfg, autoencoder=stage), tmp_path / "run", resume=False)
+    header, *rows = (tmp_path / "run/autoencoder/log.csv").read_text().splitlines()
+    col = header.split(",").index("phase_advance")
+    values = [float(r.split(",")[col]) for r in rows]
+    assert len(values) == 2 and all(0 < v < 4 for v in values)
