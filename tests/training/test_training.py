@@ -348,3 +348,30 @@ def test_export_weights_writes_the_raw_or_the_averaged_weights(stage0_run, tmp_p
     assert f3stream.load(raw).info["weights"] == "raw"
     with pytest.raises(SystemExit, match="refusing to overwrite"):
         export_weights(state, stage0_run / "export", tmp_path / "raw", "raw")
+
+
+def test_average_checkpoints_writes_the_weighted_mean(tmp_path, tiny_config):
+    """The averaged checkpoint holds the weighted mean of every weight; another config is refused."""
+    from f3stream import AutoencoderConfig, TokenizerConfig
+    from f3stream.checkpoint import load_checkpoint
+    from training import average_checkpoints
+
+    for seed, step in ((0, 10), (1, 20)):
+        f3stream.Tokenizer.from_config(tiny_config, seed=seed).save(
+            tmp_path / f"s{step}", info={"trained": True, "stage0_steps": step})
+    assert average_checkpoints.main([str(tmp_path / "s10"), str(tmp_path / "s20"),
+                                     "--out", str(tmp_path / "avg"), "--weights", "1", "3"]) == 0
+    _, a, _ = load_checkpoint(tmp_path / "s10")
+    _, b, _ = load_checkpoint(tmp_path / "s20")
+    _, m, info = load_checkpoint(tmp_path / "avg")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(m[k], 0.25 * a[k] + 0.75 * b[k])
+    assert info["averaged_stage0_steps"] == [10, 20] and info["stage0_steps"] == 20
+    other = TokenizerConfig(autoencoder=AutoencoderConfig(
+        conv_channels=32, model_dim=64, n_heads=2, encoder_conv_blocks=1, decoder_conv_blocks=2,
+        encoder_layers=1, decoder_layers=1), representation=tiny_config.representation)
+    f3stream.Tokenizer.from_config(other, seed=0).save(tmp_path / "other")
+    assert average_checkpoints.main([str(tmp_path / "s10"), str(tmp_path / "other"),
+                                     "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
