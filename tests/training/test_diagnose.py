@@ -343,3 +343,42 @@ def test_harmonic_mix_probe_adds_harmonics_only_in_its_band(tiny_config):
     assert abs(np.mean(got["0-1 kHz"]["most"]) - np.mean(got["0-1 kHz"]["none"])) < 0.5
     with pytest.raises(SystemExit):
         main(["--band", "4000", "1000"])
+
+
+def test_pulse_alignment_probe_moves_the_pulses_only_in_its_band():
+    from training.diagnose_decoder import band_harmonicity
+    from training.probe_pulse_alignment import VARIANTS, band_variants, loss_terms, main
+
+    t = np.arange(24000) / 24000
+    voice = (0.1 * sum(np.sin(2 * np.pi * k * 150.0 * t) / k for k in range(1, 70))
+             ).astype(np.float32)
+    got = band_variants(voice, 24000, (2000.0, 4000.0))
+    assert tuple(got) == VARIANTS
+    np.testing.assert_allclose(got["identity"], voice, atol=1e-4)
+
+    def band(x):                                       # 2-4 kHz, by FFT over the whole clip
+        spec = np.fft.rfft(x)
+        f = np.fft.rfftfreq(x.size, 1 / 24000)
+        return np.fft.irfft(np.where((f >= 2100) & (f < 3900), spec, 0), x.size)[2400:-2400]
+
+    def corr(a, b):
+        return float(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    ref = band(voice)
+    assert corr(band(got["full_period_delay"]), ref) > 0.9      # the pulses back in place
+    assert abs(corr(band(got["half_period_delay"]), ref)) < 0.3  # odd harmonics inverted
+    harm = band_harmonicity(got, voice, 24000)
+    for name in ("half_period_delay", "full_period_delay"):
+        assert abs(np.mean(harm["2-4 kHz"][name]) - np.mean(harm["2-4 kHz"]["identity"])) < 1.5
+    assert np.mean(harm["2-4 kHz"]["identity"]) > 20.0
+    assert np.mean(harm["2-4 kHz"]["band_noise"]) < 3.0
+    assert (np.mean(harm["2-4 kHz"]["band_noise"]) + 1.0 < np.mean(harm["2-4 kHz"]["random_phase"])
+            < np.mean(harm["2-4 kHz"]["identity"]) - 10.0)
+    for name in VARIANTS:                                 # the other bands untouched
+        assert abs(np.mean(harm["0-1 kHz"][name]) - np.mean(harm["0-1 kHz"]["identity"])) < 0.5
+    same, half = loss_terms(got["identity"], voice, 24000), loss_terms(got["half_period_delay"],
+                                                                       voice, 24000)
+    assert same["total"] < 1e-3
+    # a stationary voice: its magnitudes at long windows survive the delay, not its pulses
+    assert half["mrstft 128"] > 3 * half["mrstft 2048"]
+    with pytest.raises(SystemExit):
+        main(["--band", "4000", "1000"])
