@@ -18,6 +18,10 @@ band on the input-voiced frames (YIN, ``training.pitch``):
   place: a control for what the per-frame delay itself costs);
 * ``random_phase``: the input's band magnitudes (512-point frames) with random phases: no
   pulses, and the harmonics blurred (from frame to frame the phases do not continue);
+* ``oscillator_comb``: the decoder's own oscillator (``f3stream.harmonic``) at YIN's pitch,
+  scaled in each third-octave band of the band and each frame to the input's energy there
+  (exact harmonics of one pitch under the input's envelope: the best a flat per-band gain on
+  the harmonic source could do);
 * ``band_noise``: the input's energy in each third-octave band of the band spread evenly over
   its bins, random phases (the envelope without the harmonics: what the decoder renders).
 
@@ -33,7 +37,8 @@ import warnings
 
 import numpy as np
 
-VARIANTS = ("identity", "half_period_delay", "full_period_delay", "random_phase", "band_noise")
+VARIANTS = ("identity", "half_period_delay", "full_period_delay", "random_phase",
+            "oscillator_comb", "band_noise")
 LOSS_WEIGHTS = {"mrstft": 1.0, "mel": 1.0, "band": 4.0, "level": 1.0}  # the bundled recipe's
 
 
@@ -42,6 +47,8 @@ def band_variants(wav: np.ndarray, sample_rate: int, band_hz: tuple[float, float
     """``wav`` with its ``band_hz`` bins changed on the voiced frames, one signal per name of
     :data:`VARIANTS` (``identity``: the STFT round trip alone)."""
     import torch
+
+    from f3stream.harmonic import phase_increment, pulse_train
 
     from .diagnose_decoder import SWAP_HOP, SWAP_N_FFT, _istft, _stft, third_octave_bands
     from .pitch import yin_pitch
@@ -62,16 +69,24 @@ def band_variants(wav: np.ndarray, sample_rate: int, band_hz: tuple[float, float
         ramp = torch.exp(-1j * 2 * np.pi * freqs[:, None] * periods * period[None, :])
         return torch.where(sel, spec * ramp, spec)
 
+    d = phase_increment(torch.where(voiced, f0, torch.full_like(f0, 100.0)), sample_rate)
+    inc = d * SWAP_HOP
+    start = torch.remainder(torch.cumsum(inc, 0) - inc, 1 << 32)
+    comb = _stft(pulse_train(start, d, SWAP_HOP).reshape(-1)[:wav.size].numpy())
     bands = torch.from_numpy(third_octave_bands(sample_rate, SWAP_N_FFT)).long()
-    power = spec.abs() ** 2
+    power, comb_power = spec.abs() ** 2, comb.abs() ** 2
     flat = torch.zeros_like(power)
+    comb_gain = torch.zeros_like(power)
     for b in torch.unique(bands[in_band]):
         rows = (bands == b) & in_band
         flat[rows] = power[rows].mean(0, keepdim=True)
+        comb_gain[rows] = (power[rows].sum(0, keepdim=True)
+                           / comb_power[rows].sum(0, keepdim=True).clamp_min(1e-20)).sqrt()
     out = {"identity": spec,
            "half_period_delay": delayed(0.5),
            "full_period_delay": delayed(1.0),
            "random_phase": torch.where(sel, spec.abs() * random_phase, spec),
+           "oscillator_comb": torch.where(sel, comb * comb_gain, spec),
            "band_noise": torch.where(sel, flat.sqrt() * random_phase, spec)}
     return {name: _istft(s, wav.size) for name, s in out.items()}
 

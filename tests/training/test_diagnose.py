@@ -367,7 +367,7 @@ def test_pulse_alignment_probe_moves_the_pulses_only_in_its_band():
     assert corr(band(got["full_period_delay"]), ref) > 0.9      # the pulses back in place
     assert abs(corr(band(got["half_period_delay"]), ref)) < 0.3  # odd harmonics inverted
     harm = band_harmonicity(got, voice, 24000)
-    for name in ("half_period_delay", "full_period_delay"):
+    for name in ("half_period_delay", "full_period_delay", "oscillator_comb"):
         assert abs(np.mean(harm["2-4 kHz"][name]) - np.mean(harm["2-4 kHz"]["identity"])) < 1.5
     assert np.mean(harm["2-4 kHz"]["identity"]) > 20.0
     assert np.mean(harm["2-4 kHz"]["band_noise"]) < 3.0
@@ -378,6 +378,10 @@ def test_pulse_alignment_probe_moves_the_pulses_only_in_its_band():
     same, half = loss_terms(got["identity"], voice, 24000), loss_terms(got["half_period_delay"],
                                                                        voice, 24000)
     assert same["total"] < 1e-3
+    # on a voice of one exact pitch the oscillator's comb at that pitch, at the input's band
+    # energies, is far closer than noise at those energies
+    comb, noise = (loss_terms(got[k], voice, 24000) for k in ("oscillator_comb", "band_noise"))
+    assert comb["mrstft 2048"] < 0.5 * noise["mrstft 2048"]
     # a stationary voice: its magnitudes at long windows survive the delay, not its pulses
     assert half["mrstft 128"] > 3 * half["mrstft 2048"]
     with pytest.raises(SystemExit):
