@@ -70,6 +70,29 @@ def decode_with_harmonic_share(model, z, f0, band_hz: tuple[float, float],
     return align_decoded(y, dec.overlap_add.tail(s_ola), ae.decoder_delay)
 
 
+def loss_terms(y: np.ndarray, x: np.ndarray, sample_rate: int, per_resolution: bool = False
+               ) -> dict[str, float]:
+    """The stage-0 terms of ``y`` against ``x`` (no band limit) and their weighted total
+    (:data:`LOSS_WEIGHTS`); with ``per_resolution`` each MR-STFT resolution's term too."""
+    import torch
+
+    from .losses import (BAND_RESOLUTION, DEFAULT_RESOLUTIONS, LogMel, band_energy_loss,
+                         level_loss, multi_resolution_stft_loss, spectral_losses)
+
+    yt, xt = torch.from_numpy(y)[None].float(), torch.from_numpy(x)[None].float()
+    with torch.no_grad():
+        mr, _, mags = spectral_losses(yt, xt, None, sample_rate, with_complex=False)
+        terms = {"mrstft": mr.item(), "mel": LogMel(sample_rate).loss(yt, xt, None, mags).item(),
+                 "band": band_energy_loss(*mags[BAND_RESOLUTION], None, sample_rate).item(),
+                 "level": level_loss(*mags[BAND_RESOLUTION], None, sample_rate).item()}
+        if per_resolution:
+            for n_fft, hop in DEFAULT_RESOLUTIONS:
+                terms[f"mrstft {n_fft}"] = multi_resolution_stft_loss(
+                    yt, xt, ((n_fft, hop),)).item()
+    terms["total"] = sum(LOSS_WEIGHTS[k] * terms[k] for k in LOSS_WEIGHTS)
+    return terms
+
+
 def probe(checkpoint: str | None, manifest: str, split: str, per_source: int,
           band_hz: tuple[float, float], seed: int = 0) -> dict:
     import torch
@@ -79,7 +102,6 @@ def probe(checkpoint: str | None, manifest: str, split: str, per_source: int,
     from f3stream.tokenizer import Tokenizer
 
     from .diagnose_decoder import band_harmonicity, clips_per_source
-    from .losses import BAND_RESOLUTION, LogMel, band_energy_loss, level_loss, spectral_losses
     from .pitch import yin_pitch
 
     tok = Tokenizer.load(checkpoint)
@@ -87,7 +109,6 @@ def probe(checkpoint: str | None, manifest: str, split: str, per_source: int,
         raise SystemExit("the checkpoint's decoder has no harmonic source")
     ae = tok.config.autoencoder
     sr = ae.sample_rate
-    logmel = LogMel(sr)
     chosen, count = clips_per_source(manifest, split, per_source, seed)
     rows: dict[str, dict[str, list]] = {}
     for clip in chosen:
@@ -97,16 +118,11 @@ def probe(checkpoint: str | None, manifest: str, split: str, per_source: int,
         z = torch.from_numpy(tok.tokenize(wav, representations=False).latents)[None]
         f0, _ = yin_pitch(torch.from_numpy(wav)[None], sr, ae.stft_hop,
                           z.shape[1] * ae.stft_frames_per_latent)
-        x = torch.from_numpy(wav)[None]
         for share in (None, *HARMONIC_SHARES):
             with torch.no_grad():
                 y = decode_with_harmonic_share(tok.model, z, f0, band_hz, share)[:, :wav.size]
-                mr, _, mags = spectral_losses(y, x, None, sr, with_complex=False)
-                terms = {"mrstft": mr.item(), "mel": logmel.loss(y, x, None, mags).item(),
-                         "band": band_energy_loss(*mags[BAND_RESOLUTION], None, sr).item(),
-                         "level": level_loss(*mags[BAND_RESOLUTION], None, sr).item()}
-            terms["total"] = sum(LOSS_WEIGHTS[k] * terms[k] for k in LOSS_WEIGHTS)
             yn = y[0].numpy().astype(np.float32)
+            terms = loss_terms(yn, wav, sr)
             terms["stoi"], terms["pesq_wb"] = stoi(wav, yn, sr), pesq_wb(wav, yn, sr)
             harm = band_harmonicity({"y": yn}, wav, sr)
             for name, per_signal in harm.items():

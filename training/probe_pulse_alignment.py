@@ -37,9 +37,10 @@ import warnings
 
 import numpy as np
 
+from .probe_harmonic_mix import LOSS_WEIGHTS, loss_terms
+
 VARIANTS = ("identity", "half_period_delay", "full_period_delay", "random_phase",
             "oscillator_comb", "band_noise")
-LOSS_WEIGHTS = {"mrstft": 1.0, "mel": 1.0, "band": 4.0, "level": 1.0}  # the bundled recipe's
 
 
 def band_variants(wav: np.ndarray, sample_rate: int, band_hz: tuple[float, float],
@@ -91,26 +92,6 @@ def band_variants(wav: np.ndarray, sample_rate: int, band_hz: tuple[float, float
     return {name: _istft(s, wav.size) for name, s in out.items()}
 
 
-def loss_terms(y: np.ndarray, x: np.ndarray, sample_rate: int) -> dict[str, float]:
-    """The stage-0 terms of ``y`` against ``x`` (no band limit), each MR-STFT resolution
-    separately too, and the weighted total of :data:`LOSS_WEIGHTS`."""
-    import torch
-
-    from .losses import (BAND_RESOLUTION, DEFAULT_RESOLUTIONS, LogMel, band_energy_loss,
-                         level_loss, multi_resolution_stft_loss, spectral_losses)
-
-    yt, xt = torch.from_numpy(y)[None].float(), torch.from_numpy(x)[None].float()
-    with torch.no_grad():
-        mr, _, mags = spectral_losses(yt, xt, None, sample_rate, with_complex=False)
-        terms = {"mrstft": mr.item(), "mel": LogMel(sample_rate).loss(yt, xt, None, mags).item(),
-                 "band": band_energy_loss(*mags[BAND_RESOLUTION], None, sample_rate).item(),
-                 "level": level_loss(*mags[BAND_RESOLUTION], None, sample_rate).item()}
-        for n_fft, hop in DEFAULT_RESOLUTIONS:
-            terms[f"mrstft {n_fft}"] = multi_resolution_stft_loss(yt, xt, ((n_fft, hop),)).item()
-    terms["total"] = sum(LOSS_WEIGHTS[k] * terms[k] for k in LOSS_WEIGHTS)
-    return terms
-
-
 def probe(manifest: str, split: str, per_source: int, band_hz: tuple[float, float],
           seed: int = 0, sample_rate: int = 24000) -> dict:
     from f3stream.audio import load_audio
@@ -127,7 +108,7 @@ def probe(manifest: str, split: str, per_source: int, band_hz: tuple[float, floa
         signals = band_variants(wav, sample_rate, band_hz, seed)
         harm = band_harmonicity(signals, wav, sample_rate)
         for name, y in signals.items():
-            terms = loss_terms(y, wav, sample_rate)
+            terms = loss_terms(y, wav, sample_rate, per_resolution=True)
             terms["stoi"], terms["pesq_wb"] = stoi(wav, y, sample_rate), pesq_wb(wav, y, sample_rate)
             for band, per_signal in harm.items():
                 if per_signal.get(name):

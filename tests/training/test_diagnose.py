@@ -375,12 +375,13 @@ def test_pulse_alignment_probe_moves_the_pulses_only_in_its_band():
             < np.mean(harm["2-4 kHz"]["identity"]) - 10.0)
     for name in VARIANTS:                                 # the other bands untouched
         assert abs(np.mean(harm["0-1 kHz"][name]) - np.mean(harm["0-1 kHz"]["identity"])) < 0.5
-    same, half = loss_terms(got["identity"], voice, 24000), loss_terms(got["half_period_delay"],
-                                                                       voice, 24000)
+    same, half = (loss_terms(got[k], voice, 24000, per_resolution=True)
+                  for k in ("identity", "half_period_delay"))
     assert same["total"] < 1e-3
     # on a voice of one exact pitch the oscillator's comb at that pitch, at the input's band
     # energies, is far closer than noise at those energies
-    comb, noise = (loss_terms(got[k], voice, 24000) for k in ("oscillator_comb", "band_noise"))
+    comb, noise = (loss_terms(got[k], voice, 24000, per_resolution=True)
+                   for k in ("oscillator_comb", "band_noise"))
     assert comb["mrstft 2048"] < 0.5 * noise["mrstft 2048"]
     # a stationary voice: its magnitudes at long windows survive the delay, not its pulses
     assert half["mrstft 128"] > 3 * half["mrstft 2048"]
