@@ -313,10 +313,13 @@ def clips_per_source(manifest: str, split: str, per_source: int, seed: int = 0):
     return chosen, count
 
 
-def add_clip_arguments(p: argparse.ArgumentParser, per_source: int) -> None:
-    """The options both diagnostics share: which checkpoint, which held-out clips, where the
-    report goes."""
-    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: bundled)")
+def add_clip_arguments(p: argparse.ArgumentParser, per_source: int,
+                       checkpoint: bool = True) -> None:
+    """The options the diagnostics and probes share: which checkpoint (unless the tool reads
+    no model), which held-out clips, where the report goes."""
+    if checkpoint:
+        p.add_argument("--checkpoint", default=None,
+                       help="checkpoint directory (default: bundled)")
     p.add_argument("--manifest", default="data/real/manifest.jsonl")
     p.add_argument("--split", default="test")
     p.add_argument("--per-source", type=int, default=per_source,

@@ -128,15 +128,12 @@ def probe(manifest: str, split: str, per_source: int, band_hz: tuple[float, floa
 
 def main(argv: list[str] | None = None) -> int:
     from .common import print_and_write_report
+    from .diagnose_decoder import add_clip_arguments
 
     p = argparse.ArgumentParser(prog="python -m training.probe_pulse_alignment",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", default="data/real/manifest.jsonl")
-    p.add_argument("--split", default="test")
-    p.add_argument("--per-source", type=int, default=6, help="clips per source (default: 6)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the report (JSON) here too")
+    add_clip_arguments(p, per_source=6, checkpoint=False)
     p.add_argument("--band", type=float, nargs=2, default=(1000.0, 4000.0),
                    metavar=("LO_HZ", "HI_HZ"), help="the band to change (default: 1000 4000)")
     a = p.parse_args(argv)
