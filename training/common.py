@@ -59,14 +59,17 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def lr_at(step: int, cfg: StageConfig, rewarm_from: int | None = None) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``. ``rewarm_from``: the step a
-    fresh optimizer took over (``training.seed``); the rate ramps up again from there over
-    ``warmup_steps``."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``; over the last
+    ``cooldown_steps`` the rate falls linearly to zero. ``rewarm_from``: the step a fresh
+    optimizer took over (``training.seed``) or a longer schedule began; the rate ramps up again
+    from there over ``warmup_steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+    if cfg.cooldown_steps > 0:
+        lr *= min(1.0, max(0, cfg.steps - step) / cfg.cooldown_steps)
     if rewarm_from is not None and 0 <= step - rewarm_from < cfg.warmup_steps:
         lr *= (step - rewarm_from + 1) / cfg.warmup_steps
     return lr

@@ -22,6 +22,10 @@ class StageConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    # The last ``cooldown_steps`` of the schedule scale the rate linearly down to zero (the
+    # decay of a warm-up/stable/decay schedule): a release branch anneals while the main run
+    # goes on at its floor. 0: no cool-down.
+    cooldown_steps: int = 0
     betas: tuple[float, float] = (0.8, 0.99)
     weight_decay: float = 0.0
     grad_clip: float = 1.0

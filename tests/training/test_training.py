@@ -252,6 +252,28 @@ def test_bad_config_keys_are_rejected(tmp_path):
         TrainConfig.load(bad)
 
 
+def test_cooldown_takes_the_rate_linearly_to_zero_over_the_last_steps(tmp_path):
+    """``cooldown_steps``: the schedule is the cosine's until ``steps - cooldown_steps``, then
+    that rate times a line falling to zero at ``steps``; read from the JSON config."""
+    from training.common import lr_at
+
+    path = tmp_path / "cool.json"
+    path.write_text(json.dumps({"autoencoder": {"steps": 1000, "lr": 1e-3, "warmup_steps": 10,
+                                                "min_lr_ratio": 1.0, "cooldown_steps": 200}}))
+    cool = TrainConfig.load(path).autoencoder
+    assert cool.cooldown_steps == 200
+    flat = replace(cool, cooldown_steps=0)
+    for step in (10, 500, 800):
+        assert lr_at(step, cool) == pytest.approx(lr_at(step, flat)) == pytest.approx(1e-3)
+    assert lr_at(900, cool) == pytest.approx(0.5e-3)
+    assert lr_at(950, cool) == pytest.approx(0.25e-3)
+    assert lr_at(1000, cool) == 0.0 and lr_at(1200, cool) == 0.0
+    cosine = replace(cool, min_lr_ratio=0.1)           # on a cosine: the cosine's rate, scaled
+    assert lr_at(900, cosine) == pytest.approx(0.5 * lr_at(900, replace(cosine, cooldown_steps=0)))
+    # with a rewarm inside the cool-down, both ramps apply
+    assert lr_at(901, cool, rewarm_from=900) == pytest.approx(lr_at(901, cool) * 2 / 10)
+
+
 def test_augmentation_is_deterministic_and_changes_audio():
     from training.segments import Augmentation
 
