@@ -56,6 +56,10 @@ class StageConfig:
     noise_gamma_start: float = 0.0
     noise_ramp_steps: int = 0
     autocast_bf16: bool = False         # model in bfloat16 autocast (CPU AMX), losses in float32
+    # Worker processes preparing the next steps' batches (0: in the training loop). A GPU
+    # step is faster than one core cuts, resamples and augments a batch; the batches are
+    # the same either way (each is a function of seed, step and rank).
+    loader_workers: int = 0
     # Stage 0 trains only the decoder: the encoder's weights, hence the latents the tokenizer
     # emits (and what stage 1 and the latent LM read), stay as they are.
     freeze_encoder: bool = False

@@ -42,7 +42,8 @@ AUDIO_FILE = "audio.opus"
 WHEELS = ("soundfile==0.13.1", "cffi==2.0.0", "pycparser==2.23")
 SHARD_BYTES = 12 * 2 ** 20    # the device returns files of at most 16 MiB each
 AUTOENCODER_PREFIXES = ("encoder.", "bottleneck.", "decoder.")
-PROBE_STEPS = 30
+PROBE_STEPS = 60
+START_DIR = "start"           # the bundle's copy of the starting checkpoint (float16)
 DEVICE_TREE_LIMIT = 64 * 2 ** 20
 
 
@@ -83,7 +84,10 @@ def tracked_tree_bytes(repo: Path) -> int:
 
 def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression: float,
            val_seconds: float, batch_size: int, lr: float, warmup_steps: int,
-           wheels: bool = True, seed: int = 0) -> dict:
+           wheels: bool = True, seed: int = 0, start: Path | None = None,
+           min_lr_ratio: float | None = None, loader_workers: int = 0) -> dict:
+    """The subset of ``packed``'s voices as Opus, the burst's config and (``start``) a float16
+    copy of the checkpoint to start from, in ``out``; returns what it wrote and measured."""
     import soundfile as sf
 
     from f3stream.evaluation.metrics import pesq_wb, stoi
@@ -125,8 +129,23 @@ def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression:
     ae = cfg.setdefault("autoencoder", {})
     ae.update({"batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                "noise_ramp_steps": 0, "log_every": 25, "eval_every": 250,
-               "checkpoint_every": 1000})
+               "checkpoint_every": 1000, "loader_workers": loader_workers})
+    if min_lr_ratio is not None:
+        ae["min_lr_ratio"] = min_lr_ratio
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if start is not None:
+        import torch
+
+        from f3stream.checkpoint import load_checkpoint, save_checkpoint
+        from f3stream.model import F3Model
+        from f3stream.checkpoint import load_state_strict
+
+        ck_cfg, state, ck_info = load_checkpoint(start)
+        model = F3Model(ck_cfg)
+        load_state_strict(model, state, str(start))
+        shutil.rmtree(out / START_DIR, ignore_errors=True)
+        save_checkpoint(model, ck_cfg, out / START_DIR, info=ck_info,
+                        weights_dtype=torch.float16)
     if wheels:
         wheel_dir = out / "wheels"
         wheel_dir.mkdir(exist_ok=True)
@@ -139,6 +158,7 @@ def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression:
     repo = Path(__file__).resolve().parents[1]
     tree = tracked_tree_bytes(repo)
     info = {"config": str(config), "packed": str(packed), "codec": codec,
+            "start": None if start is None else str(start),
             "compression_level": compression,
             "train_minutes": round(float(corpus.lengths[train].sum()) / sr / 60, 1),
             "val_minutes": round(float(corpus.lengths[val].sum()) / sr / 60, 1),
@@ -170,10 +190,23 @@ def unpack_audio(bundle_dir: Path) -> Path:
     return packed
 
 
-def _set_steps(config: Path, steps: int) -> None:
+def _set_stage(config: Path, **values) -> None:
     cfg = json.loads(config.read_text())
-    cfg["autoencoder"]["steps"] = steps
+    cfg["autoencoder"].update(values)
     config.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def steady_sec_per_step(log_csv: Path) -> float:
+    """Seconds per step between the first and the last row of a training log, whose
+    ``sec_per_step`` is the running mean since the loop began: the first steps' one-off costs
+    (workers starting, cuDNN choosing kernels) drop out."""
+    import csv
+
+    rows = list(csv.DictReader(log_csv.open()))
+    if len(rows) < 2:
+        raise ValueError(f"{log_csv}: need two rows to time the steady steps, got {len(rows)}")
+    (s0, t0), (s1, t1) = [(int(r["step"]), float(r["sec_per_step"])) for r in (rows[0], rows[-1])]
+    return (s1 * t1 - s0 * t0) / (s1 - s0)
 
 
 def run(bundle_dir: Path, checkpoint: Path, minutes: float, out: Path, work: Path,
@@ -184,6 +217,7 @@ def run(bundle_dir: Path, checkpoint: Path, minutes: float, out: Path, work: Pat
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = True   # float32 weights, TF32 matmuls on the GPU
+    torch.backends.cudnn.benchmark = True          # fixed segment shapes: pick the fastest convs
 
     from training.config import TrainConfig
     from training.seed import seed
@@ -195,17 +229,17 @@ def run(bundle_dir: Path, checkpoint: Path, minutes: float, out: Path, work: Pat
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy(bundle_dir / "config.json", config)
     # the timing probe: a throwaway run of a few steps (the first ones also warm up the GPU)
-    _set_steps(config, probe_steps)
+    log_every = json.loads(config.read_text())["autoencoder"].get("log_every", 25)
+    _set_stage(config, steps=probe_steps, log_every=max(1, probe_steps // 3))
     probe = work / "probe"
     shutil.rmtree(probe, ignore_errors=True)
     seed(checkpoint, TrainConfig.load(config), probe, step=0)
-    t = time.time()
     train_autoencoder(TrainConfig.load(config), probe, resume=True)
-    sec_per_step = (time.time() - t) / probe_steps
+    sec_per_step = steady_sec_per_step(probe / "autoencoder" / "log.csv")
     shutil.rmtree(probe)
     left = 60.0 * minutes - (time.time() - started) - reserve_seconds
-    steps = max(probe_steps, int(left / sec_per_step * 0.9))
-    _set_steps(config, steps)
+    steps = max(probe_steps, int(left / sec_per_step * 0.95))
+    _set_stage(config, steps=steps, log_every=log_every)
     cfg = TrainConfig.load(config)
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -313,14 +347,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="Opus compression level 0-1, higher = smaller (default "
                         f"{DEFAULT_COMPRESSION:g}, ~31 kbps)")
     b.add_argument("--val-seconds", type=float, default=60.0)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--lr", type=float, default=5e-4, help="the burst's peak rate")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--lr", type=float, default=8e-4, help="the burst's peak rate")
+    b.add_argument("--min-lr-ratio", type=float, default=0.25,
+                   help="the cosine's floor as a share of the peak (default 0.25)")
     b.add_argument("--warmup-steps", type=int, default=200)
+    b.add_argument("--loader-workers", type=int, default=12,
+                   help="processes preparing batches ahead of the GPU (default 12)")
+    b.add_argument("--start", type=Path,
+                   help="checkpoint to start from, copied as float16 into the bundle (default: "
+                        "none; the burst then starts from the bundled checkpoint)")
     b.add_argument("--no-wheels", action="store_true",
                    help="skip downloading the soundfile wheels for the device")
     r = sub.add_parser("run", help="on the GPU: train for MIN minutes, write shards to OUT")
     r.add_argument("--bundle", type=Path, default=Path("runs/burst"))
-    r.add_argument("--checkpoint", type=Path, default=Path("f3stream/checkpoints/default"))
+    r.add_argument("--checkpoint", type=Path, help="the checkpoint to start from (default: "
+                   f"the bundle's {START_DIR}/ if it has one, else the bundled checkpoint)")
     r.add_argument("--minutes", type=float, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--work", type=Path, default=Path("/tmp/f3-burst"))
@@ -334,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.0 <= a.compression <= 1.0:
             p.error("--compression must lie in [0, 1]")
         info = bundle(a.config, a.packed, a.out, a.megabytes, a.compression, a.val_seconds,
-                      a.batch_size, a.lr, a.warmup_steps, wheels=not a.no_wheels)
+                      a.batch_size, a.lr, a.warmup_steps, wheels=not a.no_wheels,
+                      start=a.start, min_lr_ratio=a.min_lr_ratio,
+                      loader_workers=a.loader_workers)
         print(json.dumps(info, indent=1))
         if not info["fits_the_device"]:
             print("the bundle and the tracked tree exceed the device's 64 MiB: lower --megabytes",
@@ -343,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     elif a.command == "run":
         if a.minutes <= 0:
             p.error("--minutes must be > 0")
-        print(json.dumps(run(a.bundle, a.checkpoint, a.minutes, a.out, a.work), indent=1))
+        checkpoint = a.checkpoint or (a.bundle / START_DIR if (a.bundle / START_DIR).is_dir()
+                                      else Path("f3stream/checkpoints/default"))
+        print(json.dumps(run(a.bundle, checkpoint, a.minutes, a.out, a.work), indent=1))
     else:
         print(unbundle(a.shards, a.out, a.checkpoint))
     return 0

@@ -116,6 +116,42 @@ def _batch(src, step: int, batch_size: int, rank: int):
     return src.batch(step, batch_size, rank), None
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``start + i``: a DataLoader's workers then prepare the
+    coming steps' batches in parallel, identical to those made in the loop."""
+
+    def __init__(self, src, start: int, end: int, batch_size: int, rank: int):
+        self.src, self.start, self.end = src, start, end
+        self.batch_size, self.rank = batch_size, rank
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    def __getitem__(self, i: int):
+        return _batch(self.src, self.start + i, self.batch_size, self.rank)
+
+
+def step_batches(src, start: int, end: int, batch_size: int, rank: int, workers: int,
+                 pin_memory: bool = False):
+    """The batches of steps ``start .. end - 1`` in order: made in the loop (``workers`` 0)
+    or ahead of it by ``workers`` processes. If the workers fail (a machine with too little
+    shared memory, say), the rest are made in the loop: same batches, only slower."""
+    step = start
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            StepBatches(src, start, end, batch_size, rank), batch_size=None, shuffle=False,
+            num_workers=workers, prefetch_factor=2, pin_memory=pin_memory)
+        try:
+            for item in loader:
+                yield item
+                step += 1
+        except RuntimeError as e:
+            print(f"batch workers failed at step {step} ({e}); making the batches in the "
+                  "training loop from here", file=sys.stderr)
+    for s in range(step, end):
+        yield _batch(src, s, batch_size, rank)
+
+
 def _out_of_time(mine: bool, world: int, device: torch.device) -> bool:
     """Whether any rank's time budget is spent (all ranks must stop at the same step)."""
     if world == 1:
@@ -217,6 +253,8 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
     end = stage.steps if max_steps is None else min(stage.steps, max_steps)
     bar = tqdm(range(start, end), initial=start, total=stage.steps, desc="autoencoder",
                disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("CI") == "true")
+    batches = step_batches(train_src, start, end, stage.batch_size, rank, stage.loader_workers,
+                           pin_memory=device.type == "cuda")
     t0 = time.time()
     for step in bar:
         lr = lr_at(step, stage, extra.get("rewarm_from"))
@@ -225,9 +263,9 @@ def train_autoencoder(cfg: TrainConfig, out: Path, resume: bool, max_steps: int 
                      if name == "discriminator" and stage.discriminator_lr else 1.0)
             for g in opt.param_groups:
                 g["lr"] = lr * scale
-        x, band = _batch(train_src, step, stage.batch_size, rank)
-        x = x.to(device)
-        band = band.to(device) if band is not None else None
+        x, band = next(batches)
+        x = x.to(device, non_blocking=True)
+        band = band.to(device, non_blocking=True) if band is not None else None
         ae.bottleneck.noise_gamma = noise_gamma_at(step, stage, final_gamma)
         ae.train()
         target = voiced = forced = None

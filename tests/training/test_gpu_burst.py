@@ -73,12 +73,19 @@ def test_bundle_run_unbundle_round_trip_on_the_cpu(packed_corpus, tmp_path):
                     info={"trained": True, "stage0_steps": 1000, "stage1_steps": 0})
     out = tmp_path / "burst"
     info = bundle(cfg_path, packed_corpus, out, megabytes=1.0, compression=0.5,
-                  val_seconds=1.0, batch_size=2, lr=1e-3, warmup_steps=1, wheels=False)
+                  val_seconds=1.0, batch_size=2, lr=1e-3, warmup_steps=1, wheels=False,
+                  start=start, min_lr_ratio=0.3, loader_workers=1)
     assert info["train_clips"] == 5 and info["val_clips"] == 1 and info["train_speakers"] == 3
     assert info["codec"]["kbps"] > 0 and (out / "audio.opus").stat().st_size > 0
     burst_cfg = json.loads((out / "config.json").read_text())
     assert burst_cfg["packed"] == str(out / "packed")
     assert burst_cfg["autoencoder"]["noise_ramp_steps"] == 0   # the model's gamma at once
+    assert burst_cfg["autoencoder"]["loader_workers"] == 1
+    assert burst_cfg["autoencoder"]["min_lr_ratio"] == 0.3
+    _, start_state, _ = load_checkpoint(start)                 # the start travels as float16
+    _, carried, carried_info = load_checkpoint(out / "start")
+    assert carried_info["stage0_steps"] == 1000
+    assert all(torch.equal(carried[k], start_state[k].half().float()) for k in start_state)
 
     packed = unpack_audio(out)                                 # the Opus audio decodes back
     original = np.fromfile(packed_corpus / "audio.int16", np.int16)
@@ -88,7 +95,7 @@ def test_bundle_run_unbundle_round_trip_on_the_cpu(packed_corpus, tmp_path):
     assert np.sqrt(np.mean(err ** 2)) < 0.2 * np.sqrt(np.mean(original.astype(np.float64) ** 2))
 
     shards = tmp_path / "shards"
-    report = run(out, start, minutes=0.01, out=shards, work=tmp_path / "work", probe_steps=2,
+    report = run(out, out / "start", minutes=0.01, out=shards, work=tmp_path / "work", probe_steps=2,
                  reserve_seconds=0.0)
     assert report["steps"] >= 2 and report["base_stage0_steps"] == 1000
     assert (shards / "log.csv").is_file()
@@ -103,3 +110,15 @@ def test_bundle_run_unbundle_round_trip_on_the_cpu(packed_corpus, tmp_path):
     assert changed                                              # the burst's weights came back
     assert all(torch.equal(before[k], after[k]) for k in before
                if k.startswith("representation."))             # the rest is the start's
+
+
+def test_steady_step_time_leaves_out_the_first_rows_one_off_costs(tmp_path):
+    from training.gpu_burst import steady_sec_per_step
+
+    log = tmp_path / "log.csv"
+    # 20 steps took 10 s (workers starting), the next 40 took 2 s: 0.05 s a step from then on
+    log.write_text("step,sec_per_step\n20,0.5\n40,0.275\n60,0.2\n")
+    assert steady_sec_per_step(log) == pytest.approx(0.05)
+    log.write_text("step,sec_per_step\n20,0.5\n")
+    with pytest.raises(ValueError):
+        steady_sec_per_step(log)

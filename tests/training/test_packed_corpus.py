@@ -13,7 +13,7 @@ from training.data.build_corpus import assign_splits
 from training.data.manifest import Clip, write_manifest
 from training.data.pack import PackedCorpus, pack
 from training.losses import LogMel, spectral_losses
-from training.segments import LevelAugmentation, PackedSegmentSource
+from training.segments import Augmentation, LevelAugmentation, PackedSegmentSource
 
 SR = 24000
 
@@ -317,3 +317,37 @@ def test_manifest_sample_takes_seeded_train_then_held_out_clips(tmp_path):
     assert len(sample(clips, 100, 100)) == 30                 # no more than there are
     with pytest.raises(SystemExit):
         main(["--manifest", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")])
+
+
+def test_loader_workers_give_the_same_batches_in_step_order(packed):
+    from training.train import step_batches
+
+    corpus, _ = packed
+    src = PackedSegmentSource(corpus, "train", 4800, seed=5,
+                              augment=Augmentation(noise_prob=0.5, reverb_prob=0.5))
+    inline = list(step_batches(src, 7, 13, 3, rank=1, workers=0))
+    ahead = list(step_batches(src, 7, 13, 3, rank=1, workers=2))
+    assert len(inline) == len(ahead) == 6
+    for (x, band), (y, band2) in zip(inline, ahead):
+        assert torch.equal(x, y) and torch.equal(band, band2)
+    # step order: each batch is that of its own step, not of a neighbour
+    assert not torch.equal(inline[0][0], inline[1][0])
+    assert torch.equal(inline[2][0], src.batch(9, 3, rank=1))
+
+
+class _FailsInWorkers:
+    """A source whose batches cannot be made in a worker process (as when shared memory runs
+    out there): the loader must fall back to making them in the loop, losing no step."""
+
+    def batch(self, step: int, batch_size: int, rank: int = 0) -> torch.Tensor:
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("no shared memory")
+        return torch.full((batch_size, 4), float(step))
+
+
+def test_loader_falls_back_to_the_loop_when_its_workers_fail(capsys):
+    from training.train import step_batches
+
+    got = [x[0, 0].item() for x, band in step_batches(_FailsInWorkers(), 3, 8, 2, 0, workers=2)]
+    assert got == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert "batch workers failed at step 3" in capsys.readouterr().err
