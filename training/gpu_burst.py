@@ -75,17 +75,31 @@ def clip_audio(corpus, clips: np.ndarray) -> np.ndarray:
                            for i in clips])
 
 
-def tracked_tree_bytes(repo: Path) -> int:
-    """Bytes of the files git tracks (what every device call sends besides the carried ones)."""
+def tracked_tree_bytes(repo: Path, leave_out: tuple[str, ...] = ()) -> int:
+    """Bytes of the files git tracks (what every device call sends besides the carried ones),
+    less those under the folders of ``leave_out`` (taken out of the index for the call)."""
     out = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True)
+    prefixes = tuple(p.rstrip("/") + "/" for p in leave_out)
     return sum((repo / f).stat().st_size for f in out.stdout.decode().split("\0")
-               if f and (repo / f).is_file())
+               if f and not f.startswith(prefixes) and (repo / f).is_file())
+
+
+def leave_out_commands(leave_out: tuple[str, ...]) -> tuple[str, str]:
+    """The shell commands that take the folders ``leave_out`` out of what a device call sends
+    (out of the index and ignored; the files stay on disk) and that put them back after it."""
+    names = [p.strip("/") for p in leave_out]
+    paths = " ".join(names)
+    excludes = "".join(f"/{n}/\\n" for n in names)
+    unexclude = "; ".join(f"sed -i '\\#^/{n}/$#d' .git/info/exclude" for n in names)
+    return (f"git rm -r -q --cached {paths} && printf '{excludes}' >> .git/info/exclude",
+            f"git reset -q -- {paths}; {unexclude}")
 
 
 def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression: float,
            val_seconds: float, batch_size: int, lr: float, warmup_steps: int,
            wheels: bool = True, seed: int = 0, start: Path | None = None,
-           min_lr_ratio: float | None = None, loader_workers: int = 0) -> dict:
+           min_lr_ratio: float | None = None, loader_workers: int = 0,
+           leave_out: tuple[str, ...] = ()) -> dict:
     """The subset of ``packed``'s voices as Opus, the burst's config and (``start``) a float16
     copy of the checkpoint to start from, in ``out``; returns what it wrote and measured."""
     import soundfile as sf
@@ -156,7 +170,7 @@ def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression:
                         "manylinux2014_x86_64", "-d", str(wheel_dir), *WHEELS], check=True)
     carried = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     repo = Path(__file__).resolve().parents[1]
-    tree = tracked_tree_bytes(repo)
+    tree = tracked_tree_bytes(repo, leave_out)
     info = {"config": str(config), "packed": str(packed), "codec": codec,
             "start": None if start is None else str(start),
             "compression_level": compression,
@@ -166,6 +180,9 @@ def bundle(config: Path, packed: Path, out: Path, megabytes: float, compression:
             "train_clips": int(train.size), "val_clips": int(val.size),
             "bundle_mib": round(carried / 2 ** 20, 1), "tracked_tree_mib": round(tree / 2 ** 20, 1),
             "fits_the_device": carried + tree < DEVICE_TREE_LIMIT}
+    if leave_out:
+        before, after = leave_out_commands(leave_out)
+        info.update(left_out=list(leave_out), before_the_call=before, after_the_call=after)
     (out / "bundle.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
 
@@ -357,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--start", type=Path,
                    help="checkpoint to start from, copied as float16 into the bundle (default: "
                         "none; the burst then starts from the bundled checkpoint)")
+    b.add_argument("--leave-out", nargs="+", default=[], metavar="FOLDER",
+                   help="tracked folders the burst does not need, taken out of the index for "
+                        "the call (e.g. docs f3stream/checkpoints); prints the commands")
     b.add_argument("--no-wheels", action="store_true",
                    help="skip downloading the soundfile wheels for the device")
     r = sub.add_parser("run", help="on the GPU: train for MIN minutes, write shards to OUT")
@@ -378,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         info = bundle(a.config, a.packed, a.out, a.megabytes, a.compression, a.val_seconds,
                       a.batch_size, a.lr, a.warmup_steps, wheels=not a.no_wheels,
                       start=a.start, min_lr_ratio=a.min_lr_ratio,
-                      loader_workers=a.loader_workers)
+                      loader_workers=a.loader_workers, leave_out=tuple(a.leave_out))
         print(json.dumps(info, indent=1))
         if not info["fits_the_device"]:
-            print("the bundle and the tracked tree exceed the device's 64 MiB: lower --megabytes",
-                  file=sys.stderr)
+            print("the bundle and the tracked tree exceed the device's 64 MiB: lower --megabytes "
+                  "or --leave-out tracked folders the burst does not need", file=sys.stderr)
             return 1
     elif a.command == "run":
         if a.minutes <= 0:

@@ -122,3 +122,34 @@ def test_steady_step_time_leaves_out_the_first_rows_one_off_costs(tmp_path):
     log.write_text("step,sec_per_step\n20,0.5\n")
     with pytest.raises(ValueError):
         steady_sec_per_step(log)
+
+
+def test_leave_out_commands_take_folders_out_of_what_travels_and_put_them_back(tmp_path):
+    import subprocess
+
+    from training.gpu_burst import leave_out_commands, tracked_tree_bytes
+
+    def sh(cmd: str) -> str:
+        return subprocess.run(cmd, shell=True, cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout
+
+    sh("git init -q . && git config user.email t@t && git config user.name t")
+    for name, size in [("docs/a.png", 3000), ("f3stream/checkpoints/w.bin", 5000),
+                       ("f3stream/code.py", 100)]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * size)
+    (tmp_path / ".git/info").mkdir(exist_ok=True)
+    (tmp_path / ".git/info/exclude").write_text("/runs/\n")
+    sh("git add -A && git commit -q -m init")
+    leave = ("docs", "f3stream/checkpoints/")
+    assert tracked_tree_bytes(tmp_path) == 8100
+    assert tracked_tree_bytes(tmp_path, leave) == 100
+    before, after = leave_out_commands(leave)
+    sh(before)
+    # what a device call sends: tracked files and untracked ones git does not ignore
+    sent = sh("git ls-files --cached --others --exclude-standard").split()
+    assert sent == ["f3stream/code.py"]
+    assert (tmp_path / "docs/a.png").is_file()                 # the files stay on disk
+    sh(after)
+    assert sh("git status --porcelain") == ""
+    assert (tmp_path / ".git/info/exclude").read_text() == "/runs/\n"
