@@ -111,12 +111,20 @@ def main(argv: list[str] | None = None) -> int:
                         "whose plateau a bounds what more steps can give (default: log-linear)")
     p.add_argument("--fit-from", type=int, default=0, metavar="STEP",
                    help="fit only the points at or after this step (all points are drawn)")
+    p.add_argument("--fit-series", nargs="+", metavar="LABEL",
+                   help="fit only these series (default: every one); a short branch drawn "
+                        "beside a long run is compared, not extrapolated")
     p.add_argument("--out", type=Path, default=Path("eval-curve.png"))
     args = p.parse_args(argv)
     series = load_series(args.points)
+    unknown = set(args.fit_series or ()) - set(series)
+    if unknown:
+        p.error(f"--fit-series: no series labelled {', '.join(sorted(unknown))}")
     need_points = 3 if args.fit == "saturating" else 2
     fits: dict[tuple[str, str], object] = {}
     for label, (steps, m) in series.items():
+        if args.fit_series is not None and label not in args.fit_series:
+            continue
         keep = steps >= args.fit_from
         if keep.sum() < need_points:
             print(f"{label}: {int(keep.sum())} point(s) from step {args.fit_from}, no "

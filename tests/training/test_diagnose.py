@@ -124,7 +124,7 @@ def test_level_diagnosis_finds_the_gain_that_restores_a_quiet_copy():
         assert best[term] == 6.0, (term, best)
 
 
-def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path):
+def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path, capsys):
     from training.plot_eval_curve import load_series, main, steps_to_reach
 
     def report(name, stoi):
@@ -145,6 +145,12 @@ def test_eval_curve_groups_labelled_points_and_extrapolates(tmp_path):
     assert steps_to_reach(np.array([1, 2]), np.array([0.6, 0.5]), 0.85) == math.inf
     assert main(args + ["--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(args + ["--fit-series", "b", "--out", str(tmp_path / "d.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "b: 1 point(s)" in printed and "a: " not in printed   # only b was fitted
+    with pytest.raises(SystemExit):
+        main(args + ["--fit-series", "nope", "--out", str(tmp_path / "e.png")])
     with pytest.raises(SystemExit, match="LABEL@"):
         load_series(["a@x=somewhere"])
 
