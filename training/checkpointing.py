@@ -83,6 +83,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
+_KERNEL_FLAGS = ("fused", "foreach")
+
+
 def load_training_state(path: Path, modules: dict[str, torch.nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
     """Restores modules, optimizers and the torch RNG; returns the JSON metadata.
@@ -104,8 +107,13 @@ def load_training_state(path: Path, modules: dict[str, torch.nn.Module],
         if name not in meta["optimizers"]:
             fresh.append(f"optimizer {name}")
             continue
+        # which kernel runs the update (fused, foreach) is the code's choice, not the
+        # checkpoint's: load_state_dict would bring back the flags of the run that saved it
+        kernels = [{k: g[k] for k in _KERNEL_FLAGS if k in g} for g in opt.param_groups]
         opt.load_state_dict(_unflatten_optimizer(meta["optimizers"][name], f"optim.{name}",
                                                  tensors))
+        for group, flags in zip(opt.param_groups, kernels):
+            group.update(flags)
     meta["fresh"] = fresh
     torch.set_rng_state(tensors["rng.torch"])
     return meta

@@ -58,6 +58,15 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def adamw(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+          weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel: one pass over every parameter instead of a loop of small
+    tensor ops per parameter; the same update up to float rounding, and ~3.4x less optimizer
+    time per step for the stage-0 model on this CPU (docs/training.md section 21). The
+    parameters must already be on their device (the fused kernel runs where they are)."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+
+
 def lr_at(step: int, cfg: StageConfig, rewarm_from: int | None = None) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``; over the last
     ``cooldown_steps`` the rate falls linearly to zero. ``rewarm_from``: the step a fresh

@@ -26,13 +26,14 @@ import torch
 from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
+from .common import adamw
 from .config import TrainConfig
 from .train import AutoencoderPart
 
 
 def _optimizer(ae: AutoencoderPart, cfg: TrainConfig) -> torch.optim.AdamW:
     s = cfg.autoencoder
-    return torch.optim.AdamW(ae.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    return adamw(ae.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
 
 
 # what may grow: the config field and the state-dict prefix of its stack's layers

@@ -24,6 +24,7 @@ from f3stream.audio import load_audio
 from f3stream.latent_lm import LatentLM, LatentLMConfig, save_latent_lm
 from f3stream.tokenizer import Tokenizer
 
+from .common import adamw
 from .data.manifest import read_manifest
 
 
@@ -57,7 +58,7 @@ def train_latent_lm(train: list[np.ndarray], val: list[np.ndarray], cfg: LatentL
     train = [z / scale for z in train]
     val = [z / scale for z in val]
     model = LatentLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = adamw(model.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     rows = []
     bar = tqdm(range(steps), desc="latent LM", disable=not sys.stderr.isatty())

@@ -22,6 +22,7 @@ def probe(checkpoint: str, config: str, steps: int, lr: float, crop_seconds: flo
     from f3stream.checkpoint import load_checkpoint
     from f3stream.model import F3Model
 
+    from .common import adamw
     from .config import TrainConfig
     from .discriminators import (aligned_crops, build_discriminator, discriminator_loss,
                                  same_gain_to_reference)
@@ -38,7 +39,7 @@ def probe(checkpoint: str, config: str, steps: int, lr: float, crop_seconds: flo
                                          for i in range(n_batches))]
     torch.manual_seed(0)
     disc = build_discriminator("mpd")
-    opt = torch.optim.AdamW(disc.parameters(), lr=lr, betas=cfg.autoencoder.betas)
+    opt = adamw(disc.parameters(), lr=lr, betas=cfg.autoencoder.betas)
     crop = int(crop_seconds * mcfg.autoencoder.sample_rate)
     losses, t0 = [], time.perf_counter()
     for step in range(steps):

@@ -16,7 +16,7 @@ from f3stream.representation import RepresentationTrainingHeads, rq_mtp_loss
 from f3stream.tokenizer import Tokenizer
 
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
-from .common import (CsvLog, check_ranks_in_sync, export, load_stage0, lr_at,
+from .common import (CsvLog, adamw, check_ranks_in_sync, export, load_stage0, lr_at,
                      setup_distributed)
 from .config import TrainConfig
 
@@ -92,8 +92,8 @@ def train_representation(cfg: TrainConfig, out: Path, resume: bool,
         raise ValueError(f"config lm_dim {rcfg.lm_dim} != the LM's width {lm.dim}")
     trainable = nn.ModuleDict({"representation": model.representation, "mtp": heads.mtp,
                                "adapter": heads.adapter})
-    opt = torch.optim.AdamW(trainable.parameters(), lr=stage.lr, betas=stage.betas,
-                            weight_decay=stage.weight_decay)
+    opt = adamw(trainable.parameters(), lr=stage.lr, betas=stage.betas,
+                weight_decay=stage.weight_decay)
     stage_dir = out / "representation"
     modules = {"representation": model.representation, "heads": heads}
     start = 0

@@ -25,6 +25,7 @@ from f3stream.checkpoint import load_checkpoint, load_state_strict
 from f3stream.model import F3Model
 
 from .checkpointing import latest_checkpoint, save_training_state
+from .common import adamw
 from .config import TrainConfig
 from .train import AutoencoderPart
 
@@ -42,8 +43,8 @@ def seed(checkpoint: Path, cfg: TrainConfig, out: Path, step: int | None = None)
     for m in (model, ema):
         load_state_strict(m, state, str(checkpoint))
     s = cfg.autoencoder
-    opt = torch.optim.AdamW(AutoencoderPart(model).parameters(), lr=s.lr, betas=s.betas,
-                            weight_decay=s.weight_decay)
+    opt = adamw(AutoencoderPart(model).parameters(), lr=s.lr, betas=s.betas,
+                weight_decay=s.weight_decay)
     torch.manual_seed(cfg.seed)
     extra = {"stage": "autoencoder", "rewarm_from": step, "seeded_from": str(checkpoint)}
     return save_training_state(out / "autoencoder", step, {"model": model, "ema": ema},

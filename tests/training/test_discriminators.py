@@ -232,6 +232,24 @@ def test_profile_step_times_the_harmonic_sources_pitch_target(tmp_path):
     assert times["pitch"] > 0 and times["backward"] > 0 and times["adversarial"] == 0
 
 
+@pytest.mark.slow
+def test_profile_step_compiles_the_model_and_the_losses(tmp_path):
+    """``--compile all`` runs the same step through torch.compile (minutes of inductor codegen
+    on 2 cores, hence slow); an unknown choice is refused before any work."""
+    from training.profile_step import profile
+
+    cfg = _tiny_packed_cfg(tmp_path)
+    raw = json.loads((ROOT / "training/configs/tiny.json").read_text())
+    raw["manifest"] = cfg.manifest
+    raw["autoencoder"].update(adversarial_weight=0.0)
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="compile must be one of"):
+        profile(str(path), steps=1, threads=1, compile_parts="everything")
+    times = profile(str(path), steps=1, threads=1, compile_parts="all")
+    assert times["forward"] > 0 and times["losses"] > 0 and times["backward"] > 0
+
+
 def test_same_gain_brings_the_real_crop_to_the_reference_level():
     from training.discriminators import DISCRIMINATOR_RMS, same_gain_to_reference
 
