@@ -29,8 +29,9 @@ CLIP_LIMIT = 4.0
 #: are O(1-10) (bundled checkpoint: max 4.9 on speech, 2-3 on full-scale noise), while
 #: latents of 3e38 decoded to non-finite audio (a wav of constant -1.0 once written)
 MAX_LATENT = 100.0
-CLIP_WARNING = (f"float audio beyond [-1, 1] (up to ±{CLIP_LIMIT:g}) was clipped to [-1, 1]; "
-                "scale it into [-1, 1] to avoid the distortion")
+CLIP_WARNING = ("{name} peaks at {peak:.3g}, beyond [-1, 1]: clipped to [-1, 1] (float audio "
+                f"up to ±{CLIP_LIMIT:g} is clipped, louder rejected); scale it into [-1, 1] to "
+                "avoid the distortion")
 
 
 def to_numpy(x, name: str) -> np.ndarray:
@@ -100,7 +101,7 @@ def _clip_to_contract(x: np.ndarray, name: str) -> np.ndarray:
         raise AudioInputError(f"{name} peaks at {peak:.3g}, but float audio must be in [-1, 1] "
                               f"(up to ±{CLIP_LIMIT:g} is clipped); scale it, e.g. "
                               "audio / np.abs(audio).max(), or convert PCM integers to float")
-    warnings.warn(CLIP_WARNING, stacklevel=3)
+    warnings.warn(CLIP_WARNING.format(name=name, peak=peak), stacklevel=3)
     return np.clip(x, -1.0, 1.0)
 
 

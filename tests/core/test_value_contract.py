@@ -33,8 +33,9 @@ def test_slightly_loud_float_audio_is_clipped_with_a_warning(tiny_tokenizer, wav
     """Up to ±4 (e.g. the overshoot of resampling full-scale audio) is clipped to [-1, 1],
     not silently: the same frames as the clipped audio, and a warning."""
     loud = wav / np.abs(wav).max() * np.float32(peak)
-    with pytest.warns(UserWarning, match=r"clipped to \[-1, 1\]"):
+    with pytest.warns(UserWarning, match=r"clipped to \[-1, 1\]") as caught:
         got = tiny_tokenizer.encode(loud)
+    assert f"peaks at {np.abs(loud).max():.3g}," in str(caught[0].message)  # says how loud
     np.testing.assert_array_equal(got, tiny_tokenizer.encode(np.clip(loud, -1, 1)))
     assert np.abs(loud).max() > 1  # the caller's array is not changed
 
