@@ -63,6 +63,22 @@ def calibrate(clips: list[tuple[np.ndarray, str]], sr: int, transcribe: Transcri
     return out
 
 
+def transcribed_rows(report_path: Path) -> list[dict]:
+    """The clips of an `f3stream eval` report that carry the original's transcript."""
+    report = json.loads(Path(report_path).read_text())
+    rows = [r for r in report.get("clips", []) if "asr_original" in r]
+    if not rows:
+        raise SystemExit(f"{report_path}: no clip has a transcript (was it made with --no-asr?)")
+    return rows
+
+
+def write_report(path: Path, result: dict) -> None:
+    """``result`` as indented JSON at ``path``, written atomically."""
+    from f3stream.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.asr_calibration", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,17 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     from f3stream.evaluation.asr import Recognizer
 
     report = json.loads(args.report.read_text())
-    rows = [r for r in report.get("clips", []) if "asr_original" in r]
-    if not rows:
-        raise SystemExit(f"{args.report}: no clip has a transcript (was it made with --no-asr?)")
+    rows = transcribed_rows(args.report)
     sr = 24000
     clips = [(load_audio(r["path"], sr)[0], r["asr_original"]) for r in rows]
     result = calibrate(clips, sr, Recognizer().transcribe, args.snr_db)
     result["report"] = str(args.report)
     result["reconstruction"] = report.get("intelligibility", {}).get("per_source", {})
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out)
+    write_report(args.out, result)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -21,7 +21,6 @@ where the report has one, against the reference text.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -123,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from f3stream.audio import load_audio
     from f3stream.evaluation.asr import Recognizer
     from f3stream.tokenizer import Tokenizer
+    from training.asr_calibration import transcribed_rows, write_report
 
-    report = json.loads(args.report.read_text())
-    rows = [r for r in report.get("clips", []) if "asr_original" in r]
-    if not rows:
-        raise SystemExit(f"{args.report}: no clip has a transcript (was it made with --no-asr?)")
+    rows = transcribed_rows(args.report)
     tok = Tokenizer.load(args.checkpoint)
     sr = tok.sample_rate
     recognizer = Recognizer()
@@ -145,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     result = probe(clips, sr, recognizer.transcribe, edges, progress=True)
     result["report"] = str(args.report)
     result["checkpoint"] = args.checkpoint or "bundled"
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out)
+    write_report(args.out, result)
     for name in ("wer_vs_original", "wer_vs_text"):
         print(name)
         for key, v in result[name].items():
